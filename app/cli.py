@@ -1,0 +1,86 @@
+"""The command line: serve, migrate and the operator's maintenance commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from app.settings import Settings, SettingsError, load_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the HTTP server (uvicorn)."""
+    import uvicorn
+
+    if args.migrate or settings.migrate_on_start:
+        cmd_migrate(args, settings)
+    uvicorn.run(
+        "app.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers or settings.workers,
+        # DLR_TRUSTED_PROXIES alone decides whom to believe about client addresses.
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        server_header=False,
+        date_header=True,
+        access_log=False,
+        log_level=settings.log_level,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Bring the database schema to the newest migration."""
+    from app.schema import upgrade
+
+    upgrade(settings.database_url, getattr(args, "revision", None) or "head")
+    print("database schema is at the newest migration", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mboxii-dlr",
+        description="Receive and query MboxII SMS delivery reports. "
+        "Settings come from DLR_* environment variables or a .env file.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help=cmd_serve.__doc__)
+    serve.add_argument("--host", help="listen address (DLR_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="listen port (DLR_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (DLR_WORKERS, default 1)")
+    serve.add_argument("--migrate", action="store_true", help="migrate before serving")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help=cmd_migrate.__doc__)
+    migrate.add_argument("--revision", default="head", help="target revision (default head)")
+    migrate.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"mboxii-dlr: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    func: Command = args.func
+    return func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

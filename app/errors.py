@@ -1,0 +1,113 @@
+"""Client-visible errors: one exception type each, rendered as `{"error": "<code>", ...}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    """Base of every error the API answers on purpose."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self, message: str = "", headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message or self.code)
+        self.message = message
+        self.headers = headers
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code}
+        if self.message:
+            body["message"] = self.message
+        body.update(self.extra)
+        return body
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Ambiguous(ApiError):
+    status_code = 409
+    code = "ambiguous"
+
+
+class InvalidParameters(ApiError):
+    status_code = 422
+    code = "invalid_parameters"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Unavailable(ApiError):
+    status_code = 503
+    code = "unavailable"
+
+
+def _clean(errors: Any) -> list[dict[str, Any]]:
+    cleaned = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
+        cleaned.append({"field": ".".join(loc) or "request", "message": err.get("msg", "")})
+    return cleaned
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error in the contract's JSON shape."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(
+            {"error": "invalid_parameters", "errors": _clean(exc.errors())}, status_code=422
+        )
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+        code = codes.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the given error statuses."""
+    from app.schemas import ErrorRead, ValidationErrorRead
+
+    text = {
+        401: "Missing or wrong API key",
+        404: "Not found",
+        409: "Several deliveries share this msgid; pass `mobile`",
+        422: "Invalid parameters",
+        503: "The database is unreachable",
+    }
+    return {
+        status: {
+            "model": ValidationErrorRead if status == 422 else ErrorRead,
+            "description": text.get(status, "Error"),
+        }
+        for status in statuses
+    }

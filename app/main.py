@@ -1,0 +1,99 @@
+"""The ASGI application: create_app() wires settings, database, writer and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from app import __version__
+from app.db import create_engine
+from app.errors import install_error_handlers
+from app.ingest import Writer
+from app.metrics import Metrics
+from app.routes import callbacks, deliveries, ops
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("mboxii_dlr")
+
+DESCRIPTION = """
+Receives SMS delivery reports from the MboxII gateway, keeps every one of them, and answers
+questions about them.
+
+* **Callback**: give MboxII `https://<host>/callbacks/mboxii/<token>` as the `Value` of each
+  send. A report is acknowledged (`200`, body `DLR_CALLBACK_ACK`) only once it is committed.
+* **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
+  `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
+  gateway zone. Errors are JSON `{"error": "<code>", ...}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; nothing connects to the database until it starts."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        writer = Writer(
+            engine,
+            metrics,
+            batch_size=settings.ingest_batch_size,
+            batch_delay=settings.ingest_batch_delay_ms / 1000,
+            queue_size=settings.ingest_queue_size,
+            timeout=settings.ingest_timeout_seconds,
+        )
+        app.state.engine = engine
+        app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        app.state.writer = writer
+        if not settings.callback_tokens:
+            log.warning(
+                "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
+                "without a secret; set tokens before exposing this service"
+            )
+        writer.start()
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="mboxii-dlr",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ack_body = settings.callback_ack.encode("utf-8")
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(deliveries.router)
+    app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            # The callback is served by a lean ASGI route; document it all the same.
+            schema["paths"] = {**callbacks.OPENAPI_PATHS, **schema["paths"]}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

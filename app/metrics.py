@@ -1,0 +1,99 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from app.callback import KNOWN_WORDS
+
+OUTCOMES = ("delivered", "failed", "pending")
+
+# The *_created series double every counter's cardinality for no use on a dashboard.
+disable_created_metrics()
+
+
+def status_label(status: str) -> str:
+    """Status words outside the documented set share one label, so labels stay bounded."""
+    return status if status in KNOWN_WORDS else "OTHER"
+
+
+class Metrics:
+    """Every metric the service exports; label values are never numbers, ids or tokens."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.reports = Counter(
+            "mboxii_dlr_reports_received",
+            "New reports stored, by outcome and status word (OTHER for undocumented words).",
+            ["outcome", "status"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "mboxii_dlr_reports_duplicate",
+            "Reports received again (gateway retries); acknowledged, not stored twice.",
+            registry=r,
+        )
+        self.batch_mismatch = Counter(
+            "mboxii_dlr_reports_batch_mismatch",
+            "Reports for a known delivery that carry another batch ID than its first.",
+            registry=r,
+        )
+        self.inconsistent = Counter(
+            "mboxii_dlr_reports_inconsistent",
+            "Reports whose statuscode contradicts their status word.",
+            registry=r,
+        )
+        self.rejections = Counter(
+            "mboxii_dlr_callbacks_rejected",
+            "Callback requests quarantined, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unavailable = Counter(
+            "mboxii_dlr_callbacks_unavailable",
+            "Callbacks answered 503 because storage was unreachable or ingest saturated.",
+            ["cause"],
+            registry=r,
+        )
+        self.storage_refused = Counter(
+            "mboxii_dlr_reports_storage_refused",
+            "Reports the database refused although they passed validation.",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "mboxii_dlr_ingest_queue_depth",
+            "Reports waiting for the writer.",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mboxii_dlr_ingest_batch_size",
+            "Reports per group commit.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "mboxii_dlr_ingest_commit_duration_seconds",
+            "Time to store and commit one batch.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "mboxii_dlr_http_requests",
+            "HTTP requests answered, by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "mboxii_dlr_http_request_duration_seconds",
+            "Time from request start to the end of the response, by route template.",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )

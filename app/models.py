@@ -1,0 +1,93 @@
+"""ORM tables: append-only reports, current state per delivery, and the quarantine."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Report(Base):
+    """One callback as received: never updated, never stored twice."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        CheckConstraint("statuscode IN (0, 1)", name="statuscode"),
+        Index("ix_reports_msgid_mobile_id", "msgid", "mobile", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # blake2b-128 of the normalised identity (ID, msgid, mobile, statuscode, statusstr, donetime)
+    report_key: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    msgid: Mapped[str] = mapped_column(String(64))
+    mobile: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    statuscode: Mapped[int] = mapped_column(SmallInteger)
+    outcome: Mapped[str] = mapped_column(String(16))
+    final: Mapped[bool] = mapped_column(Boolean)
+    inconsistent: Mapped[bool] = mapped_column(Boolean)
+    done_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(16), default="callback")
+
+
+class Delivery(Base):
+    """The current state of one message (one msgid to one mobile), from its newest report."""
+
+    __tablename__ = "deliveries"
+
+    msgid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    statuscode: Mapped[int] = mapped_column(SmallInteger)
+    outcome: Mapped[str] = mapped_column(String(16))
+    final: Mapped[bool] = mapped_column(Boolean)
+    inconsistent: Mapped[bool] = mapped_column(Boolean)
+    done_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    reports: Mapped[int] = mapped_column(Integer)
+    report_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class Rejected(Base):
+    """A callback request that failed validation, kept whole so it can be replayed."""
+
+    __tablename__ = "rejected"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # sha256 over method, query, content type and body: identical retries share one row
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    count: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(16))
+    query: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(Text)
+    source_address: Mapped[str] = mapped_column(String(64))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    replayed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,0 +1,329 @@
+"""The gateway's callback as a lean ASGI route: token, source, size, parse, commit, ack."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.callback import CallbackRejected, mask_mobile, parse_callback
+from app.ingest import IngestRefused, IngestUnavailable
+from app.quarantine import RawRequest, quarantine
+from app.security import address_allowed, client_address, matches_secret
+from app.settings import Settings
+
+log = logging.getLogger("mboxii_dlr.callback")
+
+PREFIX = "/callbacks/mboxii"
+ROUTE = PREFIX + "/{token}"
+_JSON = [(b"content-type", b"application/json")]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+) -> None:
+    await _send(send, status, json.dumps(payload).encode(), [*_JSON, *extra])
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """Read the request body, refusing it as soon as it grows past `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client disconnected")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def route_template(path: str) -> str | None:
+    """The callback route a path belongs to (the token as `{token}`), or None."""
+    if not path.startswith(PREFIX):
+        return None
+    rest = path[len(PREFIX) :]
+    if rest in ("", "/"):
+        return PREFIX
+    if rest[0] != "/":
+        return None
+    return ROUTE
+
+
+def token_of(path: str) -> str | None:
+    """The token in a callback path: '' for the bare path, None for a path of another shape."""
+    rest = path[len(PREFIX) :].strip("/") if path.startswith(PREFIX) else None
+    if rest is None or "/" in rest:
+        return None
+    return rest
+
+
+class CallbackMiddleware:
+    """Serves the callback paths before FastAPI's router: it must answer fast and never
+    redirect, and it decides for itself what the raw request bytes mean."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or route_template(scope["path"]) is None:
+            await self.app(scope, receive, send)
+            return
+        await self.receive_callback(scope, receive, send)
+
+    async def receive_callback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Store one delivery report and acknowledge it only once it is committed."""
+        settings: Settings = self.state.settings
+        token = token_of(scope["path"])
+        allowed = (
+            token is not None
+            and (matches_secret(token, settings.callback_tokens) if token else False)
+            if settings.callback_tokens
+            else token == ""
+        )
+        if not allowed:
+            await _send_json(send, 404, {"error": "not_found", "message": "unknown callback path"})
+            return
+
+        headers = dict(scope["headers"])
+        client = scope.get("client")
+        source = client_address(
+            client[0] if client else None,
+            headers.get(b"x-forwarded-for", b"").decode("latin-1") or None,
+            settings.trusted_proxies,
+        )
+        if not address_allowed(source, settings.callback_networks):
+            log.warning("callback refused from %s: outside DLR_CALLBACK_NETWORKS", source)
+            await _send_json(
+                send, 403, {"error": "forbidden", "message": "source address not allowed"}
+            )
+            return
+
+        method = scope["method"]
+        if method not in ("GET", "POST"):
+            await _send_json(
+                send,
+                405,
+                {"error": "method_not_allowed", "message": "use POST or GET"},
+                [(b"allow", b"GET, POST")],
+            )
+            return
+
+        limit = settings.max_body_bytes
+        too_large = {"error": "payload_too_large", "message": f"the body exceeds {limit} bytes"}
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_json(send, 413, too_large, [(b"connection", b"close")])
+            return
+        try:
+            body = await read_body(receive, limit)
+        except BodyTooLarge:
+            await _send_json(send, 413, too_large, [(b"connection", b"close")])
+            return
+        except ConnectionError:
+            return
+
+        received_at = dt.datetime.now(dt.UTC)
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        query = scope.get("query_string", b"")
+        try:
+            report = parse_callback(content_type, body, query, settings.zone, received_at)
+        except CallbackRejected as rejected:
+            raw = RawRequest(method, query.decode("latin-1"), content_type, source, body)
+            await self._reject(send, raw, rejected.reason, rejected.errors, received_at)
+            return
+
+        try:
+            new = await self.state.writer.submit(report, received_at)
+        except IngestUnavailable as exc:
+            self.state.metrics.unavailable.labels(exc.cause).inc()
+            await self._unavailable(send, f"storage unavailable ({exc.cause}); retry later")
+            return
+        except IngestRefused as exc:
+            raw = RawRequest(method, query.decode("latin-1"), content_type, source, body)
+            errors = [{"field": "report", "message": f"the database refused it ({exc})"}]
+            await self._reject(send, raw, "storage_refused", errors, received_at, status=500)
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "report %s msgid=%s mobile=%s status=%s",
+                "stored" if new else "duplicate",
+                report.msgid,
+                mask_mobile(report.mobile),
+                report.status,
+            )
+        await _send(
+            send,
+            200,
+            self.state.ack_body,
+            [(b"content-type", b"text/plain; charset=utf-8")],
+        )
+
+    async def _reject(
+        self,
+        send: Send,
+        raw: RawRequest,
+        reason: str,
+        errors: list[dict[str, str]],
+        received_at: dt.datetime,
+        status: int | None = None,
+    ) -> None:
+        try:
+            rejected_id = await quarantine(self.state.engine, raw, reason, errors, received_at)
+        except Exception as exc:
+            log.error("quarantine unreachable (%s); answering 503", exc.__class__.__name__)
+            self.state.metrics.unavailable.labels("quarantine").inc()
+            await self._unavailable(send, "storage unavailable; retry later")
+            return
+        self.state.metrics.rejections.labels(reason).inc()
+        log.info(
+            "callback quarantined as #%d (%s): %s",
+            rejected_id,
+            reason,
+            "; ".join(f"{e['field']} {e['message']}" for e in errors)[:500],
+        )
+        if status is None:
+            status = 415 if reason == "unsupported_media_type" else 422
+        code = {415: "unsupported_media_type", 500: "storage_refused"}.get(
+            status, "invalid_callback"
+        )
+        await _send_json(
+            send, status, {"error": code, "errors": errors, "rejected_id": rejected_id}
+        )
+
+    async def _unavailable(self, send: Send, message: str) -> None:
+        retry_after = str(self.state.settings.retry_after_seconds).encode()
+        await _send_json(
+            send,
+            503,
+            {"error": "unavailable", "message": message},
+            [(b"retry-after", retry_after)],
+        )
+
+
+FIELD_SCHEMA = {
+    "type": "object",
+    "required": ["ID", "msgid", "type", "mobile", "donetime", "statuscode", "statusstr"],
+    "properties": {
+        "ID": {"type": "string", "maxLength": 64, "description": "The send's ID (batch)"},
+        "msgid": {"type": "string", "maxLength": 64, "description": "The carrier's message id"},
+        "type": {"type": "string", "enum": ["Now", "dlv"], "description": "Any case"},
+        "mobile": {"type": "string", "examples": ["0922161529"]},
+        "donetime": {
+            "type": "string",
+            "description": "YYYY/MM/DD HH:MM:SS, YYYY-MM-DD HH:MM:SS, YYYY/MM/DD HH:MM, "
+            "YYYYMMDDHHMMSS, YYYYMMDDHHMM, YYMMDDhhmm or ISO 8601; without an offset it is "
+            "in DLR_GATEWAY_TIMEZONE",
+        },
+        "statuscode": {"type": "string", "enum": ["0", "1"], "description": "Alias `status`"},
+        "statusstr": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,16}$"},
+    },
+}
+EXAMPLE = {
+    "ID": "123456",
+    "msgid": "208217564",
+    "type": "Now",
+    "mobile": "0922161529",
+    "donetime": "2003/05/22 13:48:50",
+    "statuscode": "1",
+    "statusstr": "DELIVRD",
+}
+
+
+def _operation(method: str) -> dict[str, Any]:
+    error = {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorRead"}}}
+    }
+    op: dict[str, Any] = {
+        "tags": ["callback"],
+        "operationId": f"receive_callback_{method}",
+        "summary": "Receive one delivery report from the gateway",
+        "description": "Names match case-insensitively; the query string fills fields the "
+        "body lacks. The 200 is sent only after the report is committed.",
+        "parameters": [
+            {
+                "name": "token",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "One of DLR_CALLBACK_TOKENS (or the bare path when none is set)",
+            }
+        ],
+        "responses": {
+            "200": {
+                "description": "Stored, or the same report was stored before",
+                "content": {"text/plain": {"schema": {"type": "string"}, "example": "OK"}},
+            },
+            "403": {"description": "Source address outside DLR_CALLBACK_NETWORKS", **error},
+            "404": {"description": "Token missing or wrong; nothing stored", **error},
+            "413": {"description": "Body over DLR_MAX_BODY_BYTES", **error},
+            "415": {"description": "Body of another content type; quarantined", **error},
+            "422": {
+                "description": "A field missing or invalid; quarantined",
+                "content": {
+                    "application/json": {
+                        "example": {
+                            "error": "invalid_callback",
+                            "errors": [{"field": "mobile", "message": "is required"}],
+                            "rejected_id": 17,
+                        }
+                    }
+                },
+            },
+            "503": {
+                "description": "Storage unreachable or ingest saturated; retry after "
+                "the Retry-After header",
+                **error,
+            },
+        },
+    }
+    if method == "get":
+        op["parameters"] += [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in FIELD_SCHEMA["properties"].items()  # type: ignore[attr-defined]
+        ]
+    else:
+        op["requestBody"] = {
+            "required": False,
+            "content": {
+                media: {"schema": FIELD_SCHEMA, "example": EXAMPLE}
+                for media in (
+                    "application/x-www-form-urlencoded",
+                    "multipart/form-data",
+                    "application/json",
+                )
+            },
+        }
+    return op
+
+
+OPENAPI_PATHS = {ROUTE: {"get": _operation("get"), "post": _operation("post")}}
