@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -17,6 +17,7 @@ from app.errors import install_error_handlers
 from app.ingest import Writer
 from app.metrics import Metrics
 from app.routes import callbacks, deliveries, ops
+from app.security import require_api_key
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("mboxii_dlr")
@@ -76,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ack_body = settings.callback_ack.encode("utf-8")
     install_error_handlers(app)
     app.include_router(ops.router)
-    app.include_router(deliveries.router)
+    # Every /v1 route sits behind the API keys; the callback path never does.
+    app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:

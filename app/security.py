@@ -6,6 +6,9 @@ import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
 
+from fastapi import Request
+
+from app.errors import Unauthorized
 from app.settings import IPNetwork
 
 
@@ -59,3 +62,20 @@ def address_allowed(address: str, networks: Sequence[IPNetwork]) -> bool:
         return True
     ip = _address(address)
     return ip is not None and _in(ip, networks)
+
+
+def require_api_key(request: Request) -> None:
+    """Let a /v1 request through when DLR_API_KEYS is empty or it carries one of the keys."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    given = request.headers.get("x-api-key")
+    if given is None:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = credentials.strip()
+    if not given or not matches_secret(given, keys):
+        raise Unauthorized(
+            "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
+            headers={"WWW-Authenticate": 'Bearer realm="mboxii-dlr"'},
+        )

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from app.callback import normalize_mobile
 from app.db import SessionDep
-from app.errors import InvalidParameters, error_responses
+from app.errors import error_responses
+from app.params import parse_mobile
 from app.queries import get_delivery
 from app.schemas import AmbiguousRead, DeliveryDetail
 
@@ -22,17 +22,6 @@ MobileQuery = Annotated[
         examples=["0922161529"],
     ),
 ]
-
-
-def parse_mobile(value: str | None) -> str | None:
-    if value is None:
-        return None
-    mobile = normalize_mobile(value.strip())
-    if mobile is None:
-        raise InvalidParameters(
-            errors=[{"field": "mobile", "message": "not a Taiwan mobile number"}]
-        )
-    return mobile
 
 
 @router.get(

@@ -1,0 +1,36 @@
+"""Parsing of read-API parameters shared by several routes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from app.callback import normalize_mobile
+from app.errors import InvalidParameters
+
+
+def invalid(field: str, message: str) -> InvalidParameters:
+    return InvalidParameters(errors=[{"field": field, "message": message}])
+
+
+def parse_instant(field: str, value: str | None, zone: ZoneInfo) -> dt.datetime | None:
+    """An ISO 8601 parameter as an aware UTC instant; without an offset it is in `zone`."""
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise invalid(field, "must be an ISO 8601 time, e.g. 2026-11-26T08:00:00+08:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone)
+    return when.astimezone(dt.UTC)
+
+
+def parse_mobile(value: str | None, field: str = "mobile") -> str | None:
+    """A number in any accepted form as E.164 (422 when it is not a Taiwan mobile)."""
+    if value is None:
+        return None
+    mobile = normalize_mobile(value.strip())
+    if mobile is None:
+        raise invalid(field, "not a Taiwan mobile number (e.g. 0912345678 or +886912345678)")
+    return mobile

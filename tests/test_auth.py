@@ -1,0 +1,28 @@
+"""API keys guard /v1; the callback and operations paths stay open."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import SEED_REPORT
+
+
+async def test_api_keys(app_factory: Any) -> None:
+    async with app_factory(api_keys="key-one,key-two") as (_, client):
+        r = await client.get("/v1/deliveries/208217564")
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.json()["error"] == "unauthorized"
+        bad = {"Authorization": "Bearer nope"}
+        assert (await client.get("/v1/deliveries/x", headers=bad)).status_code == 401
+        assert (await client.get("/v1/deliveries/x", headers={"X-API-Key": ""})).status_code == 401
+        assert (await client.post("/callbacks/mboxii", data=SEED_REPORT)).status_code == 200
+        for headers in (
+            {"Authorization": "Bearer key-one"},
+            {"X-API-Key": "key-two"},
+            {"authorization": "bearer key-two"},
+        ):
+            r = await client.get("/v1/deliveries/208217564", headers=headers)
+            assert r.status_code == 200, headers
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
