@@ -97,7 +97,11 @@ async def replay_all(settings: Settings, include_replayed: bool) -> int:
                     duplicates += 1
                     print(f"#{row.id}: already stored (msgid {result.report.msgid})")
     except (IngestUnavailable, OSError, SQLAlchemyError) as exc:
-        print(f"mboxii-dlr: the database is unreachable ({exc}); stopped", file=sys.stderr)
+        cause = getattr(exc, "orig", None) or exc
+        print(
+            f"mboxii-dlr: the database is unreachable or not migrated ({cause}); stopped",
+            file=sys.stderr,
+        )
         return 1
     finally:
         await writer.stop()

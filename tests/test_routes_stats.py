@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import report
+from app.main import create_app
+from tests.conftest import make_settings, report
 
 CB = "/callbacks/mboxii"
 _msgids = itertools.count(1)
@@ -377,3 +379,23 @@ async def test_longest_allowed_range(client: httpx.AsyncClient) -> None:
     answer = await stats(client, tz="UTC", **{"from": start.isoformat(), "to": end.isoformat()})
     assert len(answer["buckets"]) == 10_000
     assert answer["totals"]["deliveries"] == 1
+
+
+def test_openapi_documents_every_new_endpoint(tmp_path: Path) -> None:
+    spec = create_app(make_settings(f"sqlite:///{tmp_path}/unused.db")).openapi()
+    expected = {
+        ("/v1/batches/{batch_id}", "get"): ("BatchRead", {"401", "404", "422"}),
+        ("/v1/stats", "get"): ("StatsRead", {"401", "422"}),
+        ("/v1/rejected", "get"): ("RejectedPage", {"401", "422"}),
+        ("/v1/rejected/{id}/replay", "post"): ("DeliveryRead", {"401", "404", "422", "503"}),
+    }
+    schemas = spec["components"]["schemas"]
+    for (path, method), (model, errors) in expected.items():
+        operation = spec["paths"][path][method]
+        ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{model}"}
+        assert errors <= set(operation["responses"]), path
+        assert all(p.get("description") for p in operation["parameters"]), path
+        assert "example" in schemas[model], model
+    stats_params = {p["name"] for p in spec["paths"]["/v1/stats"]["get"]["parameters"]}
+    assert stats_params == {"from", "to", "interval", "tz", "type"}

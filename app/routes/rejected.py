@@ -93,7 +93,7 @@ async def list_quarantine(
 async def replay_rejected(
     request: Request,
     session: SessionDep,
-    id: Annotated[int, Path(ge=1, le=MAX_ID, description="The quarantine row's id")],
+    id: Annotated[int, Path(ge=1, le=MAX_ID, description="The quarantine row's id", examples=[17])],
 ) -> DeliveryRead:
     """Validate a quarantined request again and store its report when it now passes."""
     row = await session.get(Rejected, id)
