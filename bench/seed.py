@@ -18,17 +18,17 @@ WORDS = """CASE
   WHEN h < 94 THEN 'REJECTD' WHEN h < 95 THEN 'DELETED' WHEN h < 96 THEN 'UNKNOWN'
   WHEN h < 97 THEN 'SYNTAXE' WHEN h < 98 THEN 'ACCEPTD' ELSE 'ENROUTE' END"""
 
-BASE = """
+BASE = f"""
 SELECT i,
        'm' || i AS msgid,
        (i / 80)::text AS batch_id,
        '+8869' || lpad(((i::bigint * 7919) % 1000000)::text, 8, '0') AS mobile,
        CASE WHEN (i / 80) % 10 = 0 THEN 'scheduled' ELSE 'now' END AS type,
        now() - make_interval(secs => (35 * 86400.0) * (1 - i::float8 / $1)) AS done_at,
-       {words} AS status
+       {WORDS} AS status
 FROM (SELECT i, (i::bigint * 2654435761 % 100)::int AS h
       FROM generate_series($2::int, $3::int) AS i) AS g
-""".format(words=WORDS)
+"""
 
 OUTCOME = """CASE WHEN status = 'DELIVRD' OR status = 'ACCEPTD' THEN 'delivered'
   WHEN status = 'ENROUTE' THEN 'pending' ELSE 'failed' END"""
