@@ -78,8 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
-    for router in (deliveries.router, stats.router, rejected.router):
+    for router in (stats.router, rejected.router):
         app.include_router(router, dependencies=[Depends(require_api_key)])
+    app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:
