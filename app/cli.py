@@ -54,6 +54,7 @@ def cmd_replay_rejected(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def replay_all(settings: Settings, include_replayed: bool) -> int:
+    """Replay every quarantined row, oldest first, with its own engine and writer."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.db import create_engine

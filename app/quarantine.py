@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.callback import CallbackRejected, ParsedReport, parse_callback
 from app.db import insert_for
-from app.ingest import IngestRefused, Writer
+from app.ingest import IngestRefused, IngestUnavailable, Writer, is_connectivity_error
 from app.models import Rejected
 
 REJECTED = Rejected.__table__
@@ -116,7 +116,8 @@ async def replay(
     """Validate a quarantined request again as of its receipt and store it the usual way.
 
     The report goes through the writer, so dedup and the ordering rule are the callback's
-    own; a second replay is a duplicate. IngestUnavailable propagates: nothing was stored.
+    own; a second replay is a duplicate. IngestUnavailable propagates when the database is
+    away (the report may or may not be stored; a retry is safe either way).
     """
     try:
         report = parse_callback(
@@ -130,10 +131,16 @@ async def replay(
         return ReplayResult(
             None, errors=[{"field": "report", "message": f"the database refused it ({exc})"}]
         )
-    async with engine.begin() as connection:
-        await connection.execute(
-            update(Rejected)
-            .where(Rejected.id == row.id)
-            .values(replayed_at=dt.datetime.now(dt.UTC))
-        )
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(Rejected)
+                .where(Rejected.id == row.id)
+                .values(replayed_at=dt.datetime.now(dt.UTC))
+            )
+    except Exception as exc:
+        # The report is stored; replaying again later is a harmless duplicate.
+        if is_connectivity_error(exc):
+            raise IngestUnavailable("database") from exc
+        raise
     return ReplayResult(report, new=new)

@@ -140,7 +140,7 @@ async def test_replay_after_fixing_the_gateway_zone(app_factory: Any) -> None:
         assert await count_reports(app) == 1
 
 
-async def test_replay_still_invalid_unknown_and_unavailable(app_factory: Any) -> None:
+async def test_replay_still_invalid_and_unknown_ids(app_factory: Any) -> None:
     async with app_factory() as (app, client):
         missing = await reject(client, data=report(statusstr=None))
         media = await reject(client, content=b"ID=1", headers={"content-type": "text/plain"})
@@ -156,7 +156,8 @@ async def test_replay_still_invalid_unknown_and_unavailable(app_factory: Any) ->
         assert r.status_code == 422
         assert r.json()["errors"][0]["field"] == "content-type"
 
-        assert (await client.post("/v1/rejected/999999/replay")).status_code == 404
+        unknown = await client.post("/v1/rejected/999999/replay")
+        assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
         assert (await client.post("/v1/rejected/abc/replay")).status_code == 422
         assert (await client.post("/v1/rejected/99999999999999999999/replay")).status_code == 422
 
