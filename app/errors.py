@@ -47,6 +47,13 @@ class InvalidParameters(ApiError):
     code = "invalid_parameters"
 
 
+class InvalidCallback(ApiError):
+    """A stored callback request that still does not pass validation."""
+
+    status_code = 422
+    code = "invalid_callback"
+
+
 class Unauthorized(ApiError):
     status_code = 401
     code = "unauthorized"
