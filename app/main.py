@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import __version__
+from app import __version__, dashboard
 from app.db import create_engine
 from app.errors import install_error_handlers
 from app.ingest import Writer
@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (stats.router, rejected.router):
         app.include_router(router, dependencies=[Depends(require_api_key)])
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
+    # The dashboard checks the same keys itself, through a login form and a session cookie.
+    app.include_router(dashboard.router)
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:
