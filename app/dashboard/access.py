@@ -53,6 +53,8 @@ def safe_next(target: object) -> str:
         and not target.startswith("/dashboard/login")
         and "\\" not in target
         and "//" not in target
+        and "/.." not in target
+        and target.isprintable()
     ):
         return target
     return "/dashboard"

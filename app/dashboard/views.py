@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote_plus
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -23,7 +24,7 @@ from app.settings import Settings
 # Anything that reads as a Taiwan mobile number, in any spelling the callback accepts.
 _MOBILE_LIKE = re.compile(r"(?<![\d+])(?:\+?886[ .-]?0?|0)?9(?:[ .-]?\d){8}(?!\d)")
 # The value of a field named mobile, in a query string, form body or JSON body.
-_MOBILE_FIELD = re.compile(r"(?i)(\bmobile\b\"?\s*[=:]\s*\"?)([^&\"',}\s]+)")
+_MOBILE_FIELD = re.compile(r"""(?i)(\bmobile\b"?\s*[=:]\s*)("[^"]*"|[^&"',}\s]+)""")
 
 
 def mask_value(value: str) -> str:
@@ -34,9 +35,16 @@ def mask_value(value: str) -> str:
     return f"{value[:4]}***{value[-3:]}" if len(value) >= 8 else "***"
 
 
+def _mask_field(match: re.Match[str]) -> str:
+    name, value = match.groups()
+    if value.startswith('"'):
+        return f'{name}"{mask_value(value[1:-1])}"'
+    return name + mask_value(unquote_plus(value))
+
+
 def mask_text(text: str) -> str:
     """Raw request text with every mobile number masked (quarantined bodies and queries)."""
-    text = _MOBILE_FIELD.sub(lambda m: m.group(1) + mask_value(m.group(2)), text)
+    text = _MOBILE_FIELD.sub(_mask_field, text)
     return _MOBILE_LIKE.sub(lambda m: mask_value(m.group(0)), text)
 
 
