@@ -108,7 +108,8 @@ def test_overview_search_and_live_refresh(
     # keyboard: the first Tab reaches the skip link, visibly focused
     page.keyboard.press("Tab")
     focused = page.evaluate(
-        "[document.activeElement.textContent, getComputedStyle(document.activeElement).outlineStyle]"
+        "el => [el.textContent, getComputedStyle(el).outlineStyle]",
+        page.evaluate_handle("document.activeElement"),
     )
     assert focused == ["Skip to content", "solid"]
     page.keyboard.press("Enter")
