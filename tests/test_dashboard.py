@@ -422,3 +422,30 @@ async def test_login_refuses_other_sites_and_foreign_next_targets(app_factory: A
     async with app_factory() as (_, client):  # without keys there is nothing to log in to
         r = await client.get("/dashboard/login")
         assert (r.status_code, r.headers["location"]) == (303, "/dashboard")
+
+
+async def test_the_shared_figures_equal_the_stats_and_reread_closed_days(
+    app_factory: Any,
+) -> None:
+    from app.dashboard.data import DAYS, OverviewCache, stats_window
+
+    zone = ZoneInfo("Asia/Taipei")
+    async with app_factory() as (app, client):
+        await seed(client)
+        cache, eager = OverviewCache(fresh=0, closed=3600), OverviewCache(fresh=0, closed=0)
+        async with app.state.sessionmaker() as session:
+            shared = await cache.get(session, zone)
+            direct = await stats_window(session, zone, "day", DAYS, shared.now)
+        assert shared.days == direct
+        assert shared.days["totals"]["deliveries"] == 7
+
+        two_days_ago = report(ID="B4", msgid="late", donetime=taipei_ago(2 * 24 * 60))
+        today = report(ID="B4", msgid="now", donetime=taipei_ago(0))
+        for fields in (two_days_ago, today):
+            assert (await client.post(CB, data=fields)).status_code == 200
+        async with app.state.sessionmaker() as session:
+            # the closed days are kept for an hour here; today and the last 24 hours are not
+            kept = await cache.get(session, zone)
+            assert kept.days["totals"]["deliveries"] == 8
+            assert kept.hours["totals"]["deliveries"] == 7
+            assert (await eager.get(session, zone)).days["totals"]["deliveries"] == 9

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,16 +87,70 @@ async def quarantine_counts(session: AsyncSession) -> Quarantine:
     return Quarantine(waiting=int(total) - int(replayed), total=int(total))
 
 
-async def overview(session: AsyncSession, zone: ZoneInfo, now: dt.datetime) -> Overview:
-    """All front-page figures, from the same stats functions the API serves."""
-    return Overview(
-        now=now,
-        hours=await stats_window(session, zone, "hour", HOURS, now),
-        days=await stats_window(session, zone, "day", DAYS, now),
-        pending=await pending_count(session),
-        failures=await latest_failures(session),
-        quarantine=await quarantine_counts(session),
+def merge_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The Counts of two disjoint ranges together."""
+    merged = {k: a[k] + b[k] for k in ("deliveries", "delivered", "failed", "pending")}
+    words = sorted(set(a["by_status"]) | set(b["by_status"]))
+    merged["by_status"] = {w: a["by_status"].get(w, 0) + b["by_status"].get(w, 0) for w in words}
+    merged["delivery_rate"] = (
+        merged["delivered"] / merged["deliveries"] if merged["deliveries"] else None
     )
+    return merged
+
+
+class OverviewCache:
+    """The front page's figures, shared by everyone watching it.
+
+    Each open dashboard asks again every few seconds, so viewers share one reading for
+    `fresh` seconds (one of them reads while the others wait for it). Of the 30-day window
+    only the current day changes much: the closed days are read again every `closed`
+    seconds, which bounds how late a report done on an earlier day shows up there.
+    """
+
+    def __init__(self, fresh: float = 2.0, closed: float = 60.0) -> None:
+        self.fresh, self.closed = fresh, closed
+        self._lock = asyncio.Lock()
+        self._overview: tuple[float, Overview] | None = None
+        self._closed_days: tuple[float, dt.datetime, dt.datetime, dict[str, Any]] | None = None
+
+    async def get(self, session: AsyncSession, zone: ZoneInfo) -> Overview:
+        async with self._lock:
+            if self._overview is not None and time.monotonic() - self._overview[0] < self.fresh:
+                return self._overview[1]
+            now = dt.datetime.now(dt.UTC)
+            overview = Overview(
+                now=now,
+                hours=await stats_window(session, zone, "hour", HOURS, now),
+                days=await self._days(session, zone, now),
+                pending=await pending_count(session),
+                failures=await latest_failures(session),
+                quarantine=await quarantine_counts(session),
+            )
+            self._overview = (time.monotonic(), overview)
+            return overview
+
+    async def _days(
+        self, session: AsyncSession, zone: ZoneInfo, now: dt.datetime
+    ) -> dict[str, Any]:
+        start, end = window(zone, "day", DAYS, now)
+        today = from_epoch(LocalCalendar(zone, "day").bucket_start(to_epoch(now)))
+        cached = self._closed_days
+        if (
+            cached is None
+            or (cached[1], cached[2]) != (start, today)
+            or time.monotonic() - cached[0] >= self.closed
+        ):
+            closed = await delivery_stats(session, start, today, "day", zone)
+            cached = self._closed_days = (time.monotonic(), start, today, closed)
+        closed = cached[3]
+        current = await delivery_stats(session, today, end, "day", zone)
+        return {
+            "from": start,
+            "to": end,
+            "interval": "day",
+            "totals": merge_counts(closed["totals"], current["totals"]),
+            "buckets": [*closed["buckets"], *current["buckets"]],
+        }
 
 
 def _newest_first(stmt: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -74,7 +73,10 @@ def word_kind(word: str) -> str:
 
 async def figures_context(request: Request, session: SessionDep) -> dict[str, Any]:
     settings = settings_of(request)
-    overview = await data.overview(session, settings.zone, dt.datetime.now(dt.UTC))
+    cache = getattr(request.app.state, "dashboard_cache", None)
+    if cache is None:  # one per application, so tests and replicas never share one
+        cache = request.app.state.dashboard_cache = data.OverviewCache()
+    overview = await cache.get(session, settings.zone)
     hours, days = overview.hours, overview.days
     words = sorted(set(hours["totals"]["by_status"]) | set(days["totals"]["by_status"]))
     peak = max((hours["totals"]["by_status"].get(w, 0) for w in words), default=0)
