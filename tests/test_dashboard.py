@@ -288,7 +288,9 @@ async def test_quarantine_view_masks_bodies_and_replays_with_csrf(app_factory: A
             r = await other.post(url, data={"csrf": token})  # another browser, no session
             assert r.status_code == 403
 
-        r = await client.post(url, data={"csrf": token}, headers={"origin": "http://testserver"})
+        # a proxy that rewrites Host: the browser's Sec-Fetch-Site still says same-origin
+        headers = {"origin": "https://dlr.example", "sec-fetch-site": "same-origin"}
+        r = await client.post(url, data={"csrf": token}, headers=headers)
         assert r.status_code == 303
         assert r.headers["location"].startswith("/dashboard/rejected?replayed=1&result=stored")
         notice = await client.get(r.headers["location"])

@@ -104,10 +104,11 @@ async def show_dashboard(
     request: Request,
     session: SessionDep,
     viewer: Viewer,
-    refresh: Annotated[int, Query(ge=2, le=3600)] = DEFAULT_REFRESH,
+    refresh: int = DEFAULT_REFRESH,
 ) -> HTMLResponse:
     """The overview: rates and volumes over time, status words, failures, quarantine."""
     context = await figures_context(request, session)
+    refresh = min(max(refresh, 2), 3600)  # seconds between updates of the figures
     return page(request, "overview.html", {**context, "refresh": refresh}, viewer)
 
 

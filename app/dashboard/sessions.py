@@ -133,10 +133,15 @@ def is_https(request: Request) -> bool:
 
 
 def same_origin(request: Request) -> bool:
-    """False when the browser says the form came from another site (Origin or Fetch headers)."""
+    """False when the browser says the form came from another site.
+
+    Sec-Fetch-Site is the browser's own verdict and survives proxies that rewrite Host, so it
+    decides when present; older browsers are judged by Origin against Host. Requests with
+    neither (not from a browser) still need the session's CSRF token.
+    """
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return True
