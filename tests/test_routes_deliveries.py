@@ -431,11 +431,18 @@ async def insert_deliveries(app: Any, count: int) -> None:
         await connection.execute(Delivery.__table__.insert(), rows)
 
 
-async def asgi_get(app: Any, path: str, on_chunk: Callable[[bytes], None]) -> int:
+async def asgi_get(
+    app: Any,
+    path: str,
+    on_chunk: Callable[[bytes], None],
+    spec_version: str = "2.4",
+    hang_up: asyncio.Event | None = None,
+) -> int:
     """GET through the raw ASGI interface, handing each body chunk to `on_chunk` as it is
-    sent (httpx's ASGI transport would collect the whole body first)."""
+    sent (httpx's ASGI transport would collect the whole body first). Setting `hang_up`
+    makes the client disconnect."""
     status = 0
-    done = asyncio.Event()
+    done = hang_up or asyncio.Event()
     asked = False
 
     async def receive() -> dict[str, Any]:
@@ -454,10 +461,12 @@ async def asgi_get(app: Any, path: str, on_chunk: Callable[[bytes], None]) -> in
             on_chunk(message.get("body", b""))
             if not message.get("more_body", False):
                 done.set()
+            # let a disconnect listener run, as a real server would between writes
+            await asyncio.sleep(0)
 
     scope = {
         "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "asgi": {"version": "3.0", "spec_version": spec_version},
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
@@ -587,3 +596,38 @@ async def test_list_queries_use_the_read_indexes(
                 result = await conn.exec_driver_sql(explain + statement, parameters)
                 plan = "\n".join(str(row[-1]) for row in result)
             assert re.search(rf"\b({index})", plan), (params, plan)
+
+
+@pytest.mark.parametrize("spec_version", ["2.4", "2.3"])
+async def test_csv_client_going_away_gives_the_connection_back(
+    app_factory: Any, spec_version: str
+) -> None:
+    async with app_factory() as (app, _):
+        await insert_deliveries(app, 3000)
+        pool = app.state.engine.pool
+        idle = pool.checkedout()
+        received: list[int] = []
+        gone = asyncio.Event()
+
+        def take(chunk: bytes) -> None:
+            received.append(len(chunk))
+            if len(received) == 2:
+                gone.set()
+                if spec_version >= "2.4":  # ASGI 2.4: send raises once the client is gone
+                    raise OSError("client went away")
+
+        try:
+            await asgi_get(app, "/v1/deliveries.csv", take, spec_version, hang_up=gone)
+        except Exception as exc:  # Starlette turns the OSError into ClientDisconnect
+            assert spec_version >= "2.4", exc
+        assert 2 <= len(received) < 3001 // 500
+        assert pool.checkedout() == idle
+        # and the next export works
+        lines = 0
+
+        def count(chunk: bytes) -> None:
+            nonlocal lines
+            lines += chunk.count(b"\r\n")
+
+        assert await asgi_get(app, "/v1/deliveries.csv", count) == 200
+        assert lines == 3001

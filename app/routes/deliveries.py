@@ -6,9 +6,8 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import StreamingResponse
 
-from app.csvexport import csv_chunks
+from app.csvexport import CsvResponse, csv_chunks
 from app.cursors import cursor_key
 from app.db import SessionDep
 from app.errors import error_responses
@@ -163,7 +162,7 @@ CSV_EXAMPLE = (
 
 @router.get(
     "/deliveries.csv",
-    response_class=StreamingResponse,
+    response_class=CsvResponse,
     summary="Export deliveries as CSV",
     responses={
         200: {
@@ -173,7 +172,7 @@ CSV_EXAMPLE = (
         **error_responses(401, 422),
     },
 )
-async def export_deliveries(request: Request, filters: FiltersDep) -> StreamingResponse:
+async def export_deliveries(request: Request, filters: FiltersDep) -> CsvResponse:
     """Download every delivery that matches the filters (those of the list; no `limit`
     or `cursor`) as a CSV file.
 
@@ -190,11 +189,7 @@ async def export_deliveries(request: Request, filters: FiltersDep) -> StreamingR
     # Run the query before answering 200, so an unreachable database is an error answer
     # rather than a truncated file.
     first = await anext(batches, None)
-    return StreamingResponse(
-        csv_chunks(CSV_FIELDS, first, batches),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="deliveries.csv"'},
-    )
+    return CsvResponse(csv_chunks(CSV_FIELDS, first, batches), filename="deliveries.csv")
 
 
 @router.get(
