@@ -531,7 +531,7 @@ async def test_openapi_documents_the_list_and_the_export(client: httpx.AsyncClie
         params = {p["name"]: p for p in operation["parameters"]}
         assert set(params) == names, path
         assert all(p.get("description") for p in params.values()), path
-        assert {"200", "401", "422"} <= set(operation["responses"]), path
+        assert {"200", "401", "422", "503"} <= set(operation["responses"]), path
         error = operation["responses"]["422"]["content"]["application/json"]["schema"]
         assert error["$ref"].endswith("/ValidationErrorRead")
         assert operation["description"]
@@ -631,3 +631,26 @@ async def test_csv_client_going_away_gives_the_connection_back(
 
         assert await asgi_get(app, "/v1/deliveries.csv", count) == 200
         assert lines == 3001
+
+
+async def test_list_and_export_answer_503_when_the_database_is_gone(app_factory: Any) -> None:
+    from app.db import create_engine
+
+    async with app_factory() as (app, client):
+        await seed(app, [report()])
+        live_engine, live_bind = app.state.engine, app.state.sessionmaker.kw["bind"]
+        dead = create_engine("postgresql://postgres@127.0.0.1:1/none")
+        app.state.engine = dead
+        app.state.sessionmaker.configure(bind=dead)
+        try:
+            for path in ("/v1/deliveries", "/v1/deliveries.csv"):
+                response = await client.get(path)
+                # never a 200 with a truncated file
+                assert response.status_code == 503, path
+                assert response.json()["error"] == "unavailable"
+                assert "retry-after" in response.headers
+        finally:
+            app.state.engine = live_engine
+            app.state.sessionmaker.configure(bind=live_bind)
+            await dead.dispose()
+        assert len((await page(client))["items"]) == 1

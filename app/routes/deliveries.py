@@ -123,7 +123,7 @@ FiltersDep = Annotated[DeliveryFilters, Depends(delivery_filters)]
     "/deliveries",
     response_model=DeliveryPage,
     summary="List deliveries",
-    responses=error_responses(401, 422),
+    responses=error_responses(401, 422, 503),
 )
 async def list_deliveries(
     request: Request,
@@ -169,7 +169,7 @@ CSV_EXAMPLE = (
             "description": "Every matching delivery, one per line, in the order of the list",
             "content": {"text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE}},
         },
-        **error_responses(401, 422),
+        **error_responses(401, 422, 503),
     },
 )
 async def export_deliveries(request: Request, filters: FiltersDep) -> CsvResponse:
