@@ -16,7 +16,7 @@ from app.db import create_engine
 from app.errors import install_error_handlers
 from app.ingest import Writer
 from app.metrics import Metrics
-from app.routes import callbacks, deliveries, ops
+from app.routes import callbacks, deliveries, messages, ops
 from app.security import require_api_key
 from app.settings import Settings, get_settings
 
@@ -28,6 +28,9 @@ questions about them.
 
 * **Callback**: give MboxII `https://<host>/callbacks/mboxii/<token>` as the `Value` of each
   send. A report is acknowledged (`200`, body `DLR_CALLBACK_ACK`) only once it is committed.
+* **Sending** (`/v1/messages`, only when a gateway account is configured): send now or
+  schedule through MboxII with this service's callback URL; reconciliation asks the gateway
+  (CheckSMS) about reports that never came.
 * **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
   `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
   gateway zone. Errors are JSON `{"error": "<code>", ...}`.
@@ -59,9 +62,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "without a secret; set tokens before exposing this service"
             )
         writer.start()
+        reconciler = None
+        if settings.mboxii_configured:
+            from app.mboxii import MboxiiClient
+            from app.reconcile import Reconciler
+
+            gateway = MboxiiClient(
+                settings.mboxii_base_url,
+                settings.mboxii_cid,
+                settings.mboxii_cpw,
+                zone=settings.zone,
+                timeout=settings.mboxii_timeout_seconds,
+            )
+            app.state.gateway = gateway
+            reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)
+            app.state.reconciler = reconciler
+            reconciler.start()
         try:
             yield
         finally:
+            if reconciler is not None:
+                await reconciler.stop()
+                await reconciler.client.aclose()
             await writer.stop()
             await engine.dispose()
 
@@ -79,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
+    if settings.mboxii_configured:
+        # Without an account there is nothing to send with: the paths do not exist.
+        app.include_router(messages.router, dependencies=[Depends(require_api_key)])
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:
