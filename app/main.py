@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -37,8 +38,11 @@ questions about them.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application; nothing connects to the database until it starts."""
+def create_app(
+    settings: Settings | None = None, gateway_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the application; nothing connects to the database until it starts.
+    `gateway_transport` carries the gateway client's requests elsewhere (tests)."""
     settings = settings or get_settings()
     metrics = Metrics()
 
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.mboxii_cpw,
                 zone=settings.zone,
                 timeout=settings.mboxii_timeout_seconds,
+                transport=gateway_transport,
             )
             app.state.gateway = gateway
             reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)
