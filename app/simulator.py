@@ -8,10 +8,11 @@ import datetime as dt
 import heapq
 import itertools
 import logging
+import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -87,12 +88,16 @@ class GatewaySimulator:
     """The simulated gateway's state and its callback scheduler."""
 
     def __init__(
-        self, config: SimulatorConfig, callback_transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: SimulatorConfig,
+        callback_transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.zone = ZoneInfo(config.timezone)
         self.random = random.Random(config.seed)
-        first = config.first_id if config.first_id is not None else int(time.time()) - 1_700_000_000
+        first = config.first_id if config.first_id is not None else int(clock()) - 1_700_000_000
         # Two sequences that start together, so an immediate and a scheduled send can
         # share an ID, as the gateway's two kinds of send can.
         self.sequences: dict[SendKind, itertools.count[int]] = {
@@ -203,7 +208,8 @@ class GatewaySimulator:
         send_id = str(next(self.sequences[kind]))
         messages = []
         for mobile in (n.strip() for n in fields["N"].split(",")):
-            final_at = float(int(send_time + self.random.uniform(*cfg.delay)) + 1)
+            # Whole seconds: donetime has no fraction, and CheckSMS must match the callback.
+            final_at = float(math.ceil(send_time + self.random.uniform(*cfg.delay)))
             status, code = ("DELIVRD", 1)
             if self.random.random() < cfg.fail_rate:
                 status, code = self.random.choice(_FAILURES)
@@ -282,7 +288,7 @@ class GatewaySimulator:
     async def _deliver_forever(self) -> None:
         while True:
             self._wakeup.clear()
-            now = time.time()
+            now = self.clock()
             while self._queue and self._queue[0][0] <= now:
                 _, _, send, m, fields, attempt = heapq.heappop(self._queue)
                 if send.cancelled:
@@ -312,7 +318,7 @@ class GatewaySimulator:
             return
         if attempt < self.config.callback_retries:
             # Like a real gateway, retry a callback that was not acknowledged.
-            self._push(time.time() + 2**attempt, send, m, fields, attempt + 1)
+            self._push(self.clock() + 2**attempt, send, m, fields, attempt + 1)
         log.warning(
             "callback for %s msgid %s failed (%s), attempt %d", send.id, m.msgid, outcome, attempt
         )
@@ -339,7 +345,7 @@ class GatewaySimulator:
             return self.answer("20")
         if (code := self.check_message(fields, 140)) is not None:
             return self.answer(code)
-        send = self.create_send("now", fields, time.time())
+        send = self.create_send("now", fields, self.clock())
         return self.answer("00", send.id)
 
     def _schedule_time(self, value: str) -> tuple[str | None, float]:
@@ -354,9 +360,9 @@ class GatewaySimulator:
         if local.minute % 5:
             return "27", 0.0
         # A time in the slot already begun is sent at once; an older one is refused.
-        if local.timestamp() < time.time() - 300:
+        if local.timestamp() < self.clock() - 300:
             return "27", 0.0
-        return None, max(local.timestamp(), time.time())
+        return None, max(local.timestamp(), self.clock())
 
     async def send_time_sms(self, request: Request) -> Response:
         """SendTimeSMS.php: schedule (D empty), delete (D=Y) or check (D=C)."""
@@ -370,7 +376,7 @@ class GatewaySimulator:
             send = self.sends.get(("scheduled", fields.get("ID", "").strip()))
             if send is None or send.cancelled:
                 return self.answer("25")
-            gone = send.send_time <= time.time()
+            gone = send.send_time <= self.clock()
             if action == "C":
                 return self.answer("00" if gone else "35")
             if gone:
@@ -402,7 +408,7 @@ class GatewaySimulator:
         send = self.sends.get((kind, fields.get("ID", "").strip()))
         if send is None or send.cancelled:
             return self.answer("23" if kind == "scheduled" else "21")
-        now = time.time()
+        now = self.clock()
         if send.send_time > now:
             return self.answer("24")
         return self.check_answer(send, now)
@@ -438,9 +444,11 @@ class GatewaySimulator:
 def create_simulator(
     config: SimulatorConfig | None = None,
     callback_transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The simulator as an ASGI app; its lifespan runs the callback scheduler."""
-    sim = GatewaySimulator(config or SimulatorConfig(), callback_transport)
+    """The simulator as an ASGI app; its lifespan runs the callback scheduler. `clock`
+    (epoch seconds) lets tests move time."""
+    sim = GatewaySimulator(config or SimulatorConfig(), callback_transport, clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
