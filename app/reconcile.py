@@ -224,6 +224,11 @@ class Reconciler:
             return result
 
         await self.limiter.wait()
+        paused = self._paused_until
+        if paused is not None and dt.datetime.now(dt.UTC) < paused:
+            # Another check failed for the whole account while this one waited its turn.
+            await self._set(send, next_check_at=paused)
+            return result
         result.checked = 1
         try:
             answer = await self.client.check(send.batch_id, scheduled=send.type == "scheduled")

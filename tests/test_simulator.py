@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from app.callback import FIELDS
 from app.mboxii import MboxiiClient, prepare_message
 from app.mboxii.errors import AuthenticationFailed, NotSentYet, RecordNotFound
 from app.simulator import (
@@ -50,9 +51,7 @@ async def simulator(
 ) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     config.setdefault("first_id", 1000)
     config.setdefault("seed", 1)
-    app = create_simulator(
-        SimulatorConfig(**config), callback_transport, clock or (lambda: START)
-    )
+    app = create_simulator(SimulatorConfig(**config), callback_transport, clock or (lambda: START))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sim") as raw:
@@ -248,14 +247,17 @@ async def test_callbacks_carry_the_seven_fields(get: bool) -> None:
     truth = {m.msgid: m for m in app.state.simulator.sends[("now", sent.batch_id)].messages}
     for method, fields in receiver.calls:
         assert method == ("GET" if get else "POST")
-        assert set(fields) == {"ID", "msgid", "type", "mobile", "donetime", "statuscode", "statusstr"}
+        assert set(fields) == set(FIELDS)
         m = truth[fields["msgid"]]
         assert fields["ID"] == sent.batch_id and fields["type"] == "Now"
         assert (fields["mobile"], fields["statusstr"]) == (m.mobile, m.status)
         assert fields["statuscode"] == str(m.statuscode)
-        assert dt.datetime.strptime(fields["donetime"], "%Y/%m/%d %H:%M:%S").replace(
-            tzinfo=TAIPEI
-        ).timestamp() == m.final_at
+        assert (
+            dt.datetime.strptime(fields["donetime"], "%Y/%m/%d %H:%M:%S")
+            .replace(tzinfo=TAIPEI)
+            .timestamp()
+            == m.final_at
+        )
 
 
 async def test_unacknowledged_callbacks_are_retried_and_drops_never_come() -> None:
