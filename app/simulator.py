@@ -70,6 +70,7 @@ class SimMessage:
     statuscode: int
     dropped: bool = False
     callbacks: int = 0  # callbacks acknowledged with 200
+    planned: list[dict[str, str]] = field(default_factory=list)  # every callback, copies too
 
 
 @dataclass
@@ -282,6 +283,8 @@ class GatewaySimulator:
     def _push(
         self, due: float, send: SimSend, m: SimMessage, fields: dict[str, str], attempt: int = 0
     ) -> None:
+        if attempt == 0:
+            m.planned.append(fields)
         heapq.heappush(self._queue, (due, next(self._order), send, m, fields, attempt))
         self._wakeup.set()
 
@@ -432,6 +435,7 @@ class GatewaySimulator:
                             "final_at": m.final_at,
                             "dropped": m.dropped,
                             "callbacks": m.callbacks,
+                            "planned": m.planned,
                         }
                         for m in s.messages
                     ],
