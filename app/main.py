@@ -17,7 +17,7 @@ from app.db import create_engine
 from app.errors import install_error_handlers
 from app.ingest import Writer
 from app.metrics import Metrics
-from app.routes import callbacks, deliveries, messages, ops
+from app.routes import callbacks, deliveries, messages, ops, rejected, stats
 from app.security import require_api_key
 from app.settings import Settings, get_settings
 
@@ -105,6 +105,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
+    for router in (stats.router, rejected.router):
+        app.include_router(router, dependencies=[Depends(require_api_key)])
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.

@@ -130,6 +130,10 @@ def test_dropped_callbacks_are_recovered_and_each_message_ends_right(
             time.sleep(0.25)
         assert pending == [0, 0], "reports still missing after 30 s"
         assert called, "callbacks still under way after 30 s"
+        # the promise: five numbers, five final deliveries, nothing pending
+        summary = api.get(f"/v1/batches/{batches[0]}", params={"type": "now"}).json()
+        assert (summary["deliveries"], summary["pending"]) == (5, 0)
+        assert summary["delivered"] + summary["failed"] == 5
 
         assert len(messages) == 25
         dropped = [m for m in messages if m["dropped"]]

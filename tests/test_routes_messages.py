@@ -361,6 +361,9 @@ async def test_pending_counts_numbers_without_a_final_report(database_url: str) 
         for fields in (delivered, enroute):
             assert (await client.post("/callbacks/mboxii/tok-2", data=fields)).status_code == 200
         assert (await client.get(f"/v1/messages/{batch}")).json()["pending"] == 2
+        summary = (await client.get(f"/v1/batches/{batch}")).json()
+        assert (summary["deliveries"], summary["delivered"], summary["pending"]) == (2, 1, 2)
+        assert summary["by_status"] == {"DELIVRD": 1, "ENROUTE": 1}
         async with app.state.sessionmaker() as session:
             # Only the third number has no report at all; the ENROUTE one is a non-final
             # delivery, which the batch summary counts already.
@@ -373,3 +376,34 @@ async def test_pending_counts_numbers_without_a_final_report(database_url: str) 
 def _recent() -> str:
     when = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))) - dt.timedelta(seconds=5)
     return when.strftime("%Y/%m/%d %H:%M:%S")
+
+
+async def test_the_batch_summary_knows_recorded_sends_before_any_report(
+    database_url: str,
+) -> None:
+    async with service(database_url) as (_, client, _):
+        batch = (await client.post("/v1/messages", json={"numbers": NUMBERS, "text": "a"})).json()[
+            "batch_id"
+        ]
+        r = await client.get(f"/v1/batches/{batch}")
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "batch_id": batch,
+            "deliveries": 0,
+            "delivered": 0,
+            "failed": 0,
+            "pending": 3,
+            "by_status": {},
+            "first_done_at": None,
+            "last_done_at": None,
+        }
+        assert (await client.get(f"/v1/batches/{batch}?type=now")).json()["pending"] == 3
+        assert (await client.get(f"/v1/batches/{batch}?type=scheduled")).status_code == 404
+        assert (await client.get("/v1/batches/999999")).status_code == 404
+
+        body = {"numbers": NUMBERS[:2], "text": "later", "send_at": future_slot()}
+        later = (await client.post("/v1/messages", json=body)).json()["batch_id"]
+        assert (await client.get(f"/v1/batches/{later}?type=scheduled")).json()["pending"] == 2
+        assert (await client.delete(f"/v1/messages/{later}")).status_code == 200
+        cancelled = await client.get(f"/v1/batches/{later}?type=scheduled")
+        assert (cancelled.status_code, cancelled.json()["pending"]) == (200, 0)
