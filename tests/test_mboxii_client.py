@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.mboxii import CODES, MboxiiClient, prepare_message
+from app.mboxii import CODES, MboxiiClient, ScheduledState, prepare_message
 from app.mboxii.answers import parse_check_answer
 from app.mboxii.errors import (
     AddressNotAccepted,
@@ -243,13 +243,13 @@ async def test_cancel_check_scheduled_and_check_send_their_fields() -> None:
     seen: list[httpx.Request] = []
     async with client_with(answering("00", seen=seen)) as client:
         await client.cancel("55")
-        assert await client.scheduled_sent("55") is True
+        assert (await client.scheduled_sent("55")).sent is True
     assert [(r.url.path, form(r)["D"], form(r)["ID"]) for r in seen] == [
         ("/api/SendTimeSMS.php", "Y", "55"),
         ("/api/SendTimeSMS.php", "C", "55"),
     ]
     async with client_with(answering("35")) as client:
-        assert await client.scheduled_sent("55") is False
+        assert await client.scheduled_sent("55") == ScheduledState(False, "35")
     seen.clear()
     async with client_with(answering("MSGID=55\nWAIT=1", seen=seen)) as client:
         await client.check("55", scheduled=True)

@@ -137,12 +137,12 @@ async def test_send_schedule_cancel_and_check_through_the_client() -> None:
         with pytest.raises(NotSentYet) as exc:
             await client.check(later.batch_id, scheduled=True)
         assert exc.value.code == "24"
-        assert await client.scheduled_sent(later.batch_id) is False
+        assert (await client.scheduled_sent(later.batch_id)).sent is False
         waiting = await client.check(now.batch_id, scheduled=False)
         assert (waiting.batch_id, waiting.wait, waiting.statuses) == ("1000", 2, ())
 
         clock.now += 3600
-        assert await client.scheduled_sent(later.batch_id) is True
+        assert (await client.scheduled_sent(later.batch_id)).sent is True
         with pytest.raises(RecordNotFound) as exc2:
             await client.cancel(later.batch_id)  # already gone out
         assert exc2.value.code == "25"

@@ -1,7 +1,7 @@
 """The MboxII gateway's send, schedule and check interfaces: client, rules, return codes."""
 
 from app.mboxii.answers import CheckResult, CheckStatus, parse_check_answer, parse_send_answer
-from app.mboxii.client import MboxiiClient, SendResult
+from app.mboxii.client import MboxiiClient, ScheduledState, SendResult
 from app.mboxii.errors import (
     CODES,
     GatewayBadAnswer,
@@ -39,6 +39,7 @@ __all__ = [
     "NotSentYet",
     "OutboundMessage",
     "RecordNotFound",
+    "ScheduledState",
     "SendResult",
     "SendType",
     "gateway_mobile",

@@ -37,6 +37,14 @@ class SendResult:
     raw: str
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduledState:
+    """SendTimeSMS D=C: whether a scheduled send has gone out, and the raw answer."""
+
+    sent: bool
+    raw: str
+
+
 class MboxiiClient:
     """One gateway account. Every call is a form POST (UTF-8), so the password never sits in
     a URL; it is also kept out of logs, reprs, errors and the raw answers this returns."""
@@ -122,14 +130,14 @@ class MboxiiClient:
         parse_plain_answer("SendTimeSMS", raw)
         return raw
 
-    async def scheduled_sent(self, batch_id: str) -> bool:
+    async def scheduled_sent(self, batch_id: str) -> ScheduledState:
         """Whether a scheduled send has gone out (SendTimeSMS D=C): 00 yes, 35 not yet."""
         raw = await self.call("SendTimeSMS", {"D": "C", "ID": batch_id})
         try:
             parse_plain_answer("SendTimeSMS", raw)
         except NotSentYet:
-            return False
-        return True
+            return ScheduledState(sent=False, raw=raw)
+        return ScheduledState(sent=True, raw=raw)
 
     async def check(self, batch_id: str, *, scheduled: bool) -> CheckResult:
         """The per-number states of a send (CheckSMS; `T=Time` for a scheduled one)."""
