@@ -78,6 +78,9 @@ def create_app(
                 zone=settings.zone,
                 timeout=settings.mboxii_timeout_seconds,
                 transport=gateway_transport,
+                observe=lambda interface, result: metrics.gateway_requests.labels(
+                    interface, result
+                ).inc(),
             )
             app.state.gateway = gateway
             reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)

@@ -407,3 +407,14 @@ async def test_the_batch_summary_knows_recorded_sends_before_any_report(
         assert (await client.delete(f"/v1/messages/{later}")).status_code == 200
         cancelled = await client.get(f"/v1/batches/{later}?type=scheduled")
         assert (cancelled.status_code, cancelled.json()["pending"]) == (200, 0)
+
+
+async def test_gateway_calls_are_counted_by_result(database_url: str) -> None:
+    gateway = FakeGateway()
+    async with service(database_url, gateway) as (_, client, _):
+        await client.post("/v1/messages", json={"numbers": NUMBERS, "text": "a"})
+        gateway.answers["SendSMS"] = "30"
+        await client.post("/v1/messages", json={"numbers": NUMBERS, "text": "b"})
+        text = (await client.get("/metrics")).text
+    assert 'mboxii_dlr_gateway_requests_total{interface="SendSMS",result="ok"} 1.0' in text
+    assert 'mboxii_dlr_gateway_requests_total{interface="SendSMS",result="NoCredit"} 1.0' in text

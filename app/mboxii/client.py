@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -17,6 +19,7 @@ from app.mboxii.answers import (
     parse_send_answer,
 )
 from app.mboxii.errors import (
+    GatewayError,
     GatewayTimeout,
     GatewayUnavailable,
     Interface,
@@ -25,6 +28,7 @@ from app.mboxii.errors import (
 from app.mboxii.message import OutboundMessage, SendType
 
 log = logging.getLogger("mboxii_dlr.gateway")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,10 @@ class MboxiiClient:
         zone: ZoneInfo,
         timeout: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        observe: Callable[[Interface, str], None] | None = None,
     ) -> None:
+        """`observe(interface, result)` hears of every call: `ok` or the error's name."""
+        self.observe = observe
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.cid = cid
         self._cpw = cpw
@@ -89,6 +96,23 @@ class MboxiiClient:
 
     async def call(self, interface: Interface, fields: dict[str, str]) -> str:
         """POST one request and return the answer's text (the password scrubbed from it)."""
+        return await self._request(interface, fields, lambda raw: raw)
+
+    async def _request(
+        self, interface: Interface, fields: dict[str, str], read: Callable[[str], T]
+    ) -> T:
+        """POST, read the answer with `read`, and tell `observe` how it went."""
+        try:
+            result = read(await self._post(interface, fields))
+        except GatewayError as exc:
+            if self.observe is not None:
+                self.observe(interface, type(exc).__name__)
+            raise
+        if self.observe is not None:
+            self.observe(interface, "ok")
+        return result
+
+    async def _post(self, interface: Interface, fields: dict[str, str]) -> str:
         data = {"CID": self.cid, "CPW": self._cpw.get_secret_value(), **fields}
         try:
             response = await self._http.post(f"{interface}.php", data=data)
@@ -120,26 +144,35 @@ class MboxiiClient:
         if message.send_at is not None:
             interface = "SendTimeSMS"
             fields = {"T": message.gateway_time(self.zone), "D": "", **fields}
-        raw = await self.call(interface, fields)
-        batch_id = parse_send_answer(interface, raw)
-        return SendResult(batch_id=batch_id, type=message.type, interface=interface, raw=raw)
+
+        def read(raw: str) -> SendResult:
+            batch_id = parse_send_answer(interface, raw)
+            return SendResult(batch_id=batch_id, type=message.type, interface=interface, raw=raw)
+
+        return await self._request(interface, fields, read)
 
     async def cancel(self, batch_id: str) -> str:
         """Delete a scheduled send (SendTimeSMS D=Y); the raw answer on success."""
-        raw = await self.call("SendTimeSMS", {"D": "Y", "ID": batch_id})
-        parse_plain_answer("SendTimeSMS", raw)
-        return raw
+
+        def read(raw: str) -> str:
+            parse_plain_answer("SendTimeSMS", raw)
+            return raw
+
+        return await self._request("SendTimeSMS", {"D": "Y", "ID": batch_id}, read)
 
     async def scheduled_sent(self, batch_id: str) -> ScheduledState:
         """Whether a scheduled send has gone out (SendTimeSMS D=C): 00 yes, 35 not yet."""
-        raw = await self.call("SendTimeSMS", {"D": "C", "ID": batch_id})
-        try:
-            parse_plain_answer("SendTimeSMS", raw)
-        except NotSentYet:
-            return ScheduledState(sent=False, raw=raw)
-        return ScheduledState(sent=True, raw=raw)
+
+        def read(raw: str) -> ScheduledState:
+            try:
+                parse_plain_answer("SendTimeSMS", raw)
+            except NotSentYet:
+                return ScheduledState(sent=False, raw=raw)
+            return ScheduledState(sent=True, raw=raw)
+
+        return await self._request("SendTimeSMS", {"D": "C", "ID": batch_id}, read)
 
     async def check(self, batch_id: str, *, scheduled: bool) -> CheckResult:
         """The per-number states of a send (CheckSMS; `T=Time` for a scheduled one)."""
-        raw = await self.call("CheckSMS", {"T": "Time" if scheduled else "", "ID": batch_id})
-        return parse_check_answer(raw)
+        fields = {"T": "Time" if scheduled else "", "ID": batch_id}
+        return await self._request("CheckSMS", fields, parse_check_answer)
