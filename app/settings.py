@@ -50,7 +50,9 @@ def parse_duration(value: object) -> object:
     if text and match:
         days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
         return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    return value
+    if text.lstrip("-").startswith("p"):
+        return value.strip().upper()  # ISO 8601, for pydantic to read
+    raise ValueError("must be seconds or a duration such as 90s, 30m, 1h30m or 2d")
 
 
 class Settings(BaseSettings):

@@ -87,7 +87,7 @@ def test_an_account_without_api_keys_refuses_to_start(tmp_path: Any) -> None:
         ({"public_url": "dlr.example.com"}, "DLR_PUBLIC_URL: must be an http"),
         ({"mboxii_base_url": "ftp://x/"}, "DLR_MBOXII_BASE_URL: must be an http"),
         ({"reconcile_after": "0"}, "DLR_RECONCILE_AFTER: must be a positive duration"),
-        ({"reconcile_after": "soon"}, "DLR_RECONCILE_AFTER"),
+        ({"reconcile_after": "soon"}, "DLR_RECONCILE_AFTER: must be seconds or a duration"),
         ({"reconcile_give_up_after": "-5"}, "DLR_RECONCILE_GIVE_UP_AFTER"),
     ],
 )
