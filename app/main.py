@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -34,7 +35,10 @@ questions about them.
   (CheckSMS) about reports that never came.
 * **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
   `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
-  gateway zone. Errors are JSON `{"error": "<code>", ...}`.
+  gateway zone. Errors are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
+  `{"error": "invalid_parameters", "errors": [{"field": "...", "message": "..."}]}`.
+* **Browsers**: set `DLR_CORS_ORIGINS` (comma separated origins) to let dashboards served
+  from those origins call the read API.
 """
 
 
@@ -114,6 +118,18 @@ def create_app(
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.
         app.include_router(messages.router, dependencies=[Depends(require_api_key)])
+    if settings.cors_origins:
+        # Browser dashboards on other origins; preflights are answered here, before the
+        # API key check, as browsers send them without credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Content-Disposition", "Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        )
+    # Added last, so outermost: the callback path never reaches CORS or the router.
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:

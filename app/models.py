@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    column,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -34,6 +35,8 @@ class Report(Base):
     __table_args__ = (
         CheckConstraint("statuscode IN (0, 1)", name="statuscode"),
         Index("ix_reports_msgid_mobile_id", "msgid", "mobile", "id"),
+        # batch summaries: one range per ID (and type), each delivery's reports together
+        Index("ix_reports_batch_id_type_msgid_mobile", "batch_id", "type", "msgid", "mobile"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -57,8 +60,38 @@ class Delivery(Base):
     """The current state of one message (one msgid to one mobile), from its newest report."""
 
     __tablename__ = "deliveries"
-    # Sends find their numbers' deliveries by (ID, type, mobile).
-    __table_args__ = (Index("ix_deliveries_batch_id_type_mobile", "batch_id", "type", "mobile"),)
+    # The list is ordered newest done_at first, then msgid and mobile ascending; each index
+    # ends in that order after its equality column so a page is one ordered range scan.
+    # The msgid filter is served by the primary key (msgid, mobile).
+    __table_args__ = (
+        Index("ix_deliveries_done_at_msgid_mobile", column("done_at").desc(), "msgid", "mobile"),
+        Index("ix_deliveries_mobile_done_at_msgid", "mobile", column("done_at").desc(), "msgid"),
+        Index(
+            "ix_deliveries_batch_id_done_at_msgid_mobile",
+            "batch_id",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        Index(
+            "ix_deliveries_status_done_at_msgid_mobile",
+            "status",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        Index(
+            "ix_deliveries_outcome_done_at_msgid_mobile",
+            "outcome",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        # stats over a done_at range read only this index (an index-only scan on PostgreSQL)
+        Index("ix_deliveries_done_at_type_outcome_status", "done_at", "type", "outcome", "status"),
+        # sends find their numbers' deliveries by (ID, type, mobile) (migration 0003)
+        Index("ix_deliveries_batch_id_type_mobile", "batch_id", "type", "mobile"),
+    )
 
     msgid: Mapped[str] = mapped_column(String(64), primary_key=True)
     mobile: Mapped[str] = mapped_column(String(16), primary_key=True)

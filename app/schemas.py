@@ -12,7 +12,8 @@ Outcome = Literal["delivered", "failed", "pending"]
 MessageType = Literal["now", "scheduled"]
 
 
-def _utc_z(value: dt.datetime) -> str:
+def utc_z(value: dt.datetime) -> str:
+    """An instant as ISO 8601 in UTC with a `Z`, as every answer writes times."""
     value = value.astimezone(dt.UTC)
     text = value.strftime("%Y-%m-%dT%H:%M:%S")
     if value.microsecond:
@@ -20,7 +21,7 @@ def _utc_z(value: dt.datetime) -> str:
     return text + "Z"
 
 
-UtcTime = Annotated[dt.datetime, PlainSerializer(_utc_z, return_type=str, when_used="json")]
+UtcTime = Annotated[dt.datetime, PlainSerializer(utc_z, return_type=str, when_used="json")]
 
 DELIVERY_EXAMPLE: JsonDict = {
     "msgid": "208217564",
@@ -57,6 +58,22 @@ class DeliveryRead(BaseModel):
     first_received_at: UtcTime
     last_received_at: UtcTime
     reports: int = Field(description="Distinct reports received for this delivery")
+
+
+class DeliveryPage(BaseModel):
+    """One page of deliveries, newest `done_at` first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"items": [DELIVERY_EXAMPLE], "next_cursor": "q1Z3...signed-cursor"}
+        }
+    )
+
+    items: list[DeliveryRead]
+    next_cursor: str | None = Field(
+        description="Pass it as `cursor`, with the same filters, for the next page; "
+        "null on the last page"
+    )
 
 
 class HistoryItem(BaseModel):

@@ -1,7 +1,7 @@
 """sends: what this service sent through the gateway, per number, and its reconciliation
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-26
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from app.db import UTCDateTime
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
