@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.buckets import Interval, LocalCalendar, from_epoch, to_epoch
 from app.models import Delivery, Report
+from app.sends import send_exists, unreported_numbers
 
 # Every UTC offset in use since 1980 is a multiple of 15 minutes, so 15-minute UTC grains
 # never straddle a local hour or day boundary: SQL groups by grain, Python by bucket.
@@ -56,6 +57,29 @@ class Counts:
 
 async def batch_summary(
     session: AsyncSession, batch_id: str, message_type: str | None = None
+) -> dict[str, Any] | None:
+    """Counts and done_at range of the deliveries any report of this batch ID names, with
+    the numbers of a recorded send that have no report yet counted as pending; None when
+    neither a report nor a recorded send names the ID."""
+    summary = await _reported_summary(session, batch_id, message_type)
+    unreported = await unreported_numbers(session, batch_id, message_type)
+    if summary is None:
+        if not await send_exists(session, batch_id, message_type):
+            return None
+        summary = {
+            "batch_id": batch_id,
+            **{name: 0 for name in ("deliveries", "delivered", "failed", "pending")},
+            "by_status": {},
+            "first_done_at": None,
+            "last_done_at": None,
+        }
+    # The gateway's WAIT: sent, but not a single report yet.
+    summary["pending"] += unreported
+    return summary
+
+
+async def _reported_summary(
+    session: AsyncSession, batch_id: str, message_type: str | None
 ) -> dict[str, Any] | None:
     """Counts and done_at range of the deliveries any report of this batch ID names;
     None when no report names it."""

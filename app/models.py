@@ -1,4 +1,4 @@
-"""ORM tables: append-only reports, current state per delivery, and the quarantine."""
+"""ORM tables: reports, current state per delivery, the quarantine, and our own sends."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     column,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -87,6 +89,8 @@ class Delivery(Base):
         ),
         # stats over a done_at range read only this index (an index-only scan on PostgreSQL)
         Index("ix_deliveries_done_at_type_outcome_status", "done_at", "type", "outcome", "status"),
+        # sends find their numbers' deliveries by (ID, type, mobile) (migration 0003)
+        Index("ix_deliveries_batch_id_type_mobile", "batch_id", "type", "mobile"),
     )
 
     msgid: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -124,3 +128,44 @@ class Rejected(Base):
     source_address: Mapped[str] = mapped_column(String(64))
     body: Mapped[bytes] = mapped_column(LargeBinary)
     replayed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Send(Base):
+    """One send through the gateway (now or scheduled, up to 80 numbers, one gateway ID),
+    and where its reconciliation stands."""
+
+    __tablename__ = "sends"
+    __table_args__ = (
+        # Immediate and scheduled sends number their IDs in two sequences.
+        UniqueConstraint("batch_id", "type"),
+        CheckConstraint("type IN ('now', 'scheduled')", name="type"),
+        Index("ix_sends_next_check_at", "next_check_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    language: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    send_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    gateway_answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Reconciliation: when to ask CheckSMS next (NULL: no more), and how it went so far.
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    check_errors: Mapped[int] = mapped_column(Integer, default=0)
+    last_check_result: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SendNumber(Base):
+    """One number of a send, in E.164, in the order given."""
+
+    __tablename__ = "send_numbers"
+
+    send_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True
+    )
+    mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger)
