@@ -169,3 +169,20 @@ class SendNumber(Base):
     )
     mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
     position: Mapped[int] = mapped_column(SmallInteger)
+
+
+class DeliveryCount(Base):
+    """Deliveries per 15-minute UTC grain of done_at, type, outcome and status word.
+
+    A rollup kept exact by triggers on deliveries (insert, update, delete), in the same
+    transaction as the change, so stats over months never scan deliveries. 15 minutes is the
+    grain every zone offset in use divides.
+    """
+
+    __tablename__ = "delivery_counts"
+
+    grain: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
