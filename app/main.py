@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -16,7 +18,7 @@ from app.db import create_engine
 from app.errors import install_error_handlers
 from app.ingest import Writer
 from app.metrics import Metrics
-from app.routes import callbacks, deliveries, ops, rejected, stats
+from app.routes import callbacks, deliveries, messages, ops, rejected, stats
 from app.security import require_api_key
 from app.settings import Settings, get_settings
 
@@ -28,14 +30,23 @@ questions about them.
 
 * **Callback**: give MboxII `https://<host>/callbacks/mboxii/<token>` as the `Value` of each
   send. A report is acknowledged (`200`, body `DLR_CALLBACK_ACK`) only once it is committed.
+* **Sending** (`/v1/messages`, only when a gateway account is configured): send now or
+  schedule through MboxII with this service's callback URL; reconciliation asks the gateway
+  (CheckSMS) about reports that never came.
 * **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
   `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
-  gateway zone. Errors are JSON `{"error": "<code>", ...}`.
+  gateway zone. Errors are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
+  `{"error": "invalid_parameters", "errors": [{"field": "...", "message": "..."}]}`.
+* **Browsers**: set `DLR_CORS_ORIGINS` (comma separated origins) to let dashboards served
+  from those origins call the read API.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application; nothing connects to the database until it starts."""
+def create_app(
+    settings: Settings | None = None, gateway_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the application; nothing connects to the database until it starts.
+    `gateway_transport` carries the gateway client's requests elsewhere (tests)."""
     settings = settings or get_settings()
     metrics = Metrics()
 
@@ -59,9 +70,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "without a secret; set tokens before exposing this service"
             )
         writer.start()
+        reconciler = None
+        if settings.mboxii_configured:
+            from app.mboxii import MboxiiClient
+            from app.reconcile import Reconciler
+
+            gateway = MboxiiClient(
+                settings.mboxii_base_url,
+                settings.mboxii_cid,
+                settings.mboxii_cpw,
+                zone=settings.zone,
+                timeout=settings.mboxii_timeout_seconds,
+                transport=gateway_transport,
+                observe=lambda interface, result: metrics.gateway_requests.labels(
+                    interface, result
+                ).inc(),
+            )
+            app.state.gateway = gateway
+            reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)
+            app.state.reconciler = reconciler
+            reconciler.start()
         try:
             yield
         finally:
+            if reconciler is not None:
+                await reconciler.stop()
+                await reconciler.client.aclose()
             await writer.stop()
             await engine.dispose()
 
@@ -83,6 +117,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
     # The dashboard checks the same keys itself, through a login form and a session cookie.
     app.include_router(dashboard.router)
+    if settings.mboxii_configured:
+        # Without an account there is nothing to send with: the paths do not exist.
+        app.include_router(messages.router, dependencies=[Depends(require_api_key)])
+    if settings.cors_origins:
+        # Browser dashboards on other origins; preflights are answered here, before the
+        # API key check, as browsers send them without credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Content-Disposition", "Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        )
+    # Added last, so outermost: the callback path never reaches CORS or the router.
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:

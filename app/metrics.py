@@ -97,3 +97,10 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.gateway_requests = Counter(
+            "mboxii_dlr_gateway_requests",
+            "Calls to the gateway (SendSMS, SendTimeSMS, CheckSMS) by interface and result: "
+            "ok, or the name of the error (NoCredit, RecordNotFound, GatewayTimeout, ...).",
+            ["interface", "result"],
+            registry=r,
+        )

@@ -12,7 +12,8 @@ Outcome = Literal["delivered", "failed", "pending"]
 MessageType = Literal["now", "scheduled"]
 
 
-def _utc_z(value: dt.datetime) -> str:
+def utc_z(value: dt.datetime) -> str:
+    """An instant as ISO 8601 in UTC with a `Z`, as every answer writes times."""
     value = value.astimezone(dt.UTC)
     text = value.strftime("%Y-%m-%dT%H:%M:%S")
     if value.microsecond:
@@ -20,7 +21,7 @@ def _utc_z(value: dt.datetime) -> str:
     return text + "Z"
 
 
-UtcTime = Annotated[dt.datetime, PlainSerializer(_utc_z, return_type=str, when_used="json")]
+UtcTime = Annotated[dt.datetime, PlainSerializer(utc_z, return_type=str, when_used="json")]
 
 DELIVERY_EXAMPLE: JsonDict = {
     "msgid": "208217564",
@@ -57,6 +58,22 @@ class DeliveryRead(BaseModel):
     first_received_at: UtcTime
     last_received_at: UtcTime
     reports: int = Field(description="Distinct reports received for this delivery")
+
+
+class DeliveryPage(BaseModel):
+    """One page of deliveries, newest `done_at` first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"items": [DELIVERY_EXAMPLE], "next_cursor": "q1Z3...signed-cursor"}
+        }
+    )
+
+    items: list[DeliveryRead]
+    next_cursor: str | None = Field(
+        description="Pass it as `cursor`, with the same filters, for the next page; "
+        "null on the last page"
+    )
 
 
 class HistoryItem(BaseModel):
@@ -142,10 +159,17 @@ class BatchRead(BaseModel):
     deliveries: int = Field(description="Messages (msgid to mobile) any report of this ID names")
     delivered: int
     failed: int
-    pending: int = Field(description="Deliveries not final yet (ENROUTE)")
+    pending: int = Field(
+        description="Deliveries not final yet (ENROUTE), plus numbers of a recorded send "
+        "without any report yet"
+    )
     by_status: dict[str, int] = Field(description=BY_STATUS_DESCRIPTION)
-    first_done_at: UtcTime = Field(description="Earliest done_at of these deliveries (UTC)")
-    last_done_at: UtcTime = Field(description="Latest done_at of these deliveries (UTC)")
+    first_done_at: UtcTime | None = Field(
+        description="Earliest done_at of these deliveries (UTC); null before the first report"
+    )
+    last_done_at: UtcTime | None = Field(
+        description="Latest done_at of these deliveries (UTC); null before the first report"
+    )
 
 
 class CountsRead(BaseModel):
@@ -281,3 +305,99 @@ class RejectedPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end"
     )
+
+
+# ---------------------------------------------------------------- sending
+
+Language = Literal["english", "chinese"]
+
+
+class MessageCreate(BaseModel):
+    """A message to send now, or at `send_at`, through the gateway."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "numbers": ["0912345678", "+886922161529"],
+                "text": "Your code is 123456",
+                "send_at": "2026-11-26T15:30:00+08:00",
+            }
+        },
+    )
+
+    numbers: list[str] = Field(
+        description="1-80 Taiwan mobile numbers in any accepted form, each at most once"
+    )
+    text: str = Field(
+        description="English (ASCII only): 140 characters now, 160 scheduled; "
+        "Chinese: 70 characters"
+    )
+    send_at: str | None = Field(
+        default=None,
+        description="ISO 8601; schedules the send. On a 5-minute step in the gateway zone, in "
+        "the future; without an offset it is in the gateway zone",
+    )
+    language: Language | None = Field(
+        default=None, description="Default: english for ASCII-only text, else chinese"
+    )
+
+
+class MessageRead(BaseModel):
+    """A send this service made through the gateway."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "batch_id": "123456",
+                "type": "scheduled",
+                "numbers": ["+886912345678", "+886922161529"],
+                "language": "english",
+                "text": "Your code is 123456",
+                "send_at": "2026-11-26T07:30:00Z",
+                "created_at": "2026-11-26T07:12:03.5Z",
+                "cancelled_at": None,
+                "gateway_answer": "00,123456",
+                "pending": 2,
+                "next_check_at": "2026-11-26T08:00:00Z",
+                "last_checked_at": None,
+            }
+        }
+    )
+
+    batch_id: str = Field(description="The gateway's ID of the send (the reports' `ID`)")
+    type: MessageType = Field(description="`now` or `scheduled` (two ID sequences)")
+    numbers: list[str] = Field(description="E.164, in the order given")
+    language: Language
+    text: str
+    send_at: UtcTime | None = Field(description="When a scheduled send goes out")
+    created_at: UtcTime
+    cancelled_at: UtcTime | None
+    gateway_answer: str = Field(description="The gateway's answer to the send, as received")
+    pending: int = Field(description="Numbers without a final report yet (0 once cancelled)")
+    next_check_at: UtcTime | None = Field(
+        description="When reconciliation asks CheckSMS next; null when it no longer asks"
+    )
+    last_checked_at: UtcTime | None
+
+
+class GatewayErrorRead(ErrorRead):
+    """A 502 or 504: the gateway refused, could not be reached, or answered nonsense."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "example": {
+                "error": "gateway_error",
+                "code": "30",
+                "meaning": "the account has no messages left to send",
+                "interface": "SendSMS",
+                "answer": "30",
+            }
+        },
+    )
+
+    code: str | None = None
+    meaning: str | None = None
+    interface: str | None = None
+    answer: str | None = None

@@ -27,10 +27,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("MBOXII_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 UVICORN_FLAGS = [
-    "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-    "--no-proxy-headers", "--no-server-header", "--log-level", "warning",
-    "--limit-concurrency", "2000", "--backlog", "4096",
-]  # fmt: skip
+    "--workers",
+    "1",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--no-proxy-headers",
+    "--no-server-header",
+    "--log-level",
+    "warning",
+    "--limit-concurrency",
+    "2000",
+    "--backlog",
+    "4096",
+]
 
 
 @dataclass
@@ -59,9 +71,12 @@ async def _pg(sql: str, database: str | None = None) -> object:
 
     url = make_url(PG_ADMIN)
     conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password,
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
         database=database or url.database,
-    )  # fmt: skip
+    )
     try:
         return await conn.fetchval(sql)
     finally:
@@ -95,11 +110,20 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
-             "--port", str(self.port), *UVICORN_FLAGS],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *UVICORN_FLAGS,
+            ],
             cwd=ROOT,
             env={**os.environ, **env},
-        )  # fmt: skip
+        )
         self.max_rss_kb = 0
         self._sampling = False
         deadline = time.monotonic() + 30
@@ -145,22 +169,41 @@ def run_wrk(url: str, seconds: int, connections: int, prefix: str) -> dict[str, 
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-         "-s", str(ROOT / "bench" / "report.lua"), url + "/callbacks/mboxii", "--", prefix],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "report.lua"),
+            url + "/callbacks/mboxii",
+            "--",
+            prefix,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     s = re.search(r"SUMMARY requests=(\d+) non2xx=(\d+) errors=(\d+)", out)
     lat = re.search(r"LATENCY p50=([\d.]+) p99=([\d.]+)", out)
     assert s and lat, out
     return {
-        "rps": rps, "requests": int(s.group(1)), "non2xx": int(s.group(2)),
-        "errors": int(s.group(3)), "p50": float(lat.group(1)), "p99": float(lat.group(2)),
-    }  # fmt: skip
+        "rps": rps,
+        "requests": int(s.group(1)),
+        "non2xx": int(s.group(2)),
+        "errors": int(s.group(3)),
+        "p50": float(lat.group(1)),
+        "p99": float(lat.group(2)),
+    }
 
 
-def bench_one(name: str, app: str, env: dict[str, str], args: argparse.Namespace,
-              database_url: str | None) -> Result:  # fmt: skip
+def bench_one(
+    name: str, app: str, env: dict[str, str], args: argparse.Namespace, database_url: str | None
+) -> Result:
     server = Server(app, env)
     result = Result(name)
     try:
@@ -193,9 +236,13 @@ def bench_one(name: str, app: str, env: dict[str, str], args: argparse.Namespace
 
 
 def migrate(database_url: str) -> None:
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, check=True,
-                   env={**os.environ, "DLR_DATABASE_URL": database_url},
-                   stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "DLR_DATABASE_URL": database_url},
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,18 +265,21 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "naive":
             url = pg_database("mboxii_bench_naive")
             migrate(url)
-            results[name] = bench_one(name, "bench.naive_app:app",
-                                      {**quiet, "DLR_DATABASE_URL": url}, args, url)  # fmt: skip
+            results[name] = bench_one(
+                name, "bench.naive_app:app", {**quiet, "DLR_DATABASE_URL": url}, args, url
+            )
         elif name == "service-pg":
             url = pg_database("mboxii_bench_service")
             migrate(url)
-            results[name] = bench_one(name, "app.main:app",
-                                      {**quiet, "DLR_DATABASE_URL": url}, args, url)  # fmt: skip
+            results[name] = bench_one(
+                name, "app.main:app", {**quiet, "DLR_DATABASE_URL": url}, args, url
+            )
         elif name == "service-sqlite":
             url = f"sqlite:///{tmp}/bench.db"
             migrate(url)
-            results[name] = bench_one(name, "app.main:app",
-                                      {**quiet, "DLR_DATABASE_URL": url}, args, url)  # fmt: skip
+            results[name] = bench_one(
+                name, "app.main:app", {**quiet, "DLR_DATABASE_URL": url}, args, url
+            )
         print(f"  {name}: {results[name].rps:.0f} req/s", file=sys.stderr, flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     print_table(results, args)
@@ -245,8 +295,10 @@ def print_table(results: dict[str, Result], args: argparse.Namespace) -> None:
     print("| server | req/s | p50 ms | p99 ms | max RSS MB | non-2xx | errors | check |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in results.values():
-        print(f"| {r.name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_rss_mb:.0f} "
-              f"| {r.non2xx} | {r.errors} | {'; '.join(r.notes) or '-'} |")  # fmt: skip
+        print(
+            f"| {r.name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_rss_mb:.0f} "
+            f"| {r.non2xx} | {r.errors} | {'; '.join(r.notes) or '-'} |"
+        )
     noop = results.get("noop")
     naive = results.get("naive")
     print()
@@ -254,19 +306,25 @@ def print_table(results: dict[str, Result], args: argparse.Namespace) -> None:
         r = results.get(name)
         if r and noop and noop.rps:
             ratio = r.rps / noop.rps
-            print(f"{name} / noop = {ratio:.2f}x (target >= {target}x): "
-                  f"{'met' if ratio >= target else 'NOT met'}")  # fmt: skip
+            print(
+                f"{name} / noop = {ratio:.2f}x (target >= {target}x): "
+                f"{'met' if ratio >= target else 'NOT met'}"
+            )
     r = results.get("service-pg")
     if r and naive and naive.rps:
         ratio = r.rps / naive.rps
-        print(f"service-pg / naive = {ratio:.2f}x (target >= 6x): "
-              f"{'met' if ratio >= 6 else 'NOT met'}")  # fmt: skip
+        print(
+            f"service-pg / naive = {ratio:.2f}x (target >= 6x): "
+            f"{'met' if ratio >= 6 else 'NOT met'}"
+        )
     for name in ("service-pg", "service-sqlite"):
         r = results.get(name)
         if r:
-            print(f"{name}: p99 {r.p99_ms:.1f} ms (target <= 25): "
-                  f"{'met' if r.p99_ms <= 25 else 'NOT met'}; RSS {r.max_rss_mb:.0f} MB "
-                  f"(target < 200): {'met' if r.max_rss_mb < 200 else 'NOT met'}")  # fmt: skip
+            print(
+                f"{name}: p99 {r.p99_ms:.1f} ms (target <= 25): "
+                f"{'met' if r.p99_ms <= 25 else 'NOT met'}; RSS {r.max_rss_mb:.0f} MB "
+                f"(target < 200): {'met' if r.max_rss_mb < 200 else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

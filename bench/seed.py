@@ -53,8 +53,10 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                         'callback'
                     FROM ({BASE}) AS b
                     """,
-                    deliveries, lo, hi,
-                )  # fmt: skip
+                    deliveries,
+                    lo,
+                    hi,
+                )
                 await conn.execute(
                     f"""
                     INSERT INTO reports (id, report_key, batch_id, msgid, mobile, type, status,
@@ -64,8 +66,10 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                         done_at - interval '1 minute', done_at - interval '55 seconds', 'callback'
                     FROM ({BASE}) AS b WHERE i % 4 = 0 AND status <> 'ENROUTE'
                     """,
-                    deliveries, lo, hi,
-                )  # fmt: skip
+                    deliveries,
+                    lo,
+                    hi,
+                )
                 await conn.execute(
                     f"""
                     INSERT INTO deliveries (msgid, mobile, batch_id, type, status, statuscode,
@@ -78,13 +82,16 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                         CASE WHEN i % 4 = 0 AND status <> 'ENROUTE' THEN 2 ELSE 1 END, i
                     FROM ({BASE}) AS b
                     """,
-                    deliveries, lo, hi,
-                )  # fmt: skip
+                    deliveries,
+                    lo,
+                    hi,
+                )
             done = hi * 5 // 4
             rate = done / (time.monotonic() - started)
             print(f"  seeded ~{done:,} reports ({rate:,.0f}/s)", flush=True)
-        await conn.execute("SELECT setval(pg_get_serial_sequence('reports', 'id'), "
-                           "(SELECT max(id) FROM reports))")  # fmt: skip
+        await conn.execute(
+            "SELECT setval(pg_get_serial_sequence('reports', 'id'), (SELECT max(id) FROM reports))"
+        )
         await conn.execute("ANALYZE reports")
         await conn.execute("ANALYZE deliveries")
     finally:

@@ -36,7 +36,9 @@ TypeQuery = Annotated[
     summary="Summary of one send (batch ID)",
     description="The deliveries named by at least one report carrying this ID (a delivery "
     "keeps its first ID, but a later report with another ID names it too), counted by their "
-    "current state. `pending` counts deliveries that are not final yet.",
+    "current state. `pending` counts deliveries that are not final yet, plus the numbers of a "
+    "send made through `POST /v1/messages` that have no report at all yet. 404 when neither "
+    "a report nor a recorded send names the ID.",
     responses=error_responses(401, 404, 422),
 )
 async def read_batch(
@@ -49,7 +51,7 @@ async def read_batch(
     """Count the deliveries named by any report of a batch ID, by their current state."""
     summary = await batch_summary(session, batch_id, message_type)
     if summary is None:
-        raise NotFound(f"no report names batch ID {batch_id!r}")
+        raise NotFound(f"no report or recorded send names batch ID {batch_id!r}")
     return summary
 
 
