@@ -454,6 +454,7 @@ async def test_the_shared_figures_equal_the_stats_and_reread_closed_days(
 
 
 async def test_a_recorded_send_without_reports_has_a_batch_view(app_factory: Any) -> None:
+    from app.dashboard.data import OverviewCache
     from app.mboxii.client import SendResult
     from app.mboxii.message import OutboundMessage
     from app.sends import record_send
@@ -462,6 +463,7 @@ async def test_a_recorded_send_without_reports_has_a_batch_view(app_factory: Any
     message = OutboundMessage(("+886911222333", "+886922161529"), "hello", "chinese", None)
     result = SendResult("S77", "now", "SendSMS", "00\nS77")
     async with app_factory() as (app, client):
+        app.state.dashboard_cache = OverviewCache(fresh=0)  # every page reads afresh
         async with app.state.sessionmaker() as session:
             await record_send(session, message, result, created_at=now, next_check_at=now)
         r = await client.get("/dashboard/search", params={"q": "S77"})
@@ -470,6 +472,8 @@ async def test_a_recorded_send_without_reports_has_a_batch_view(app_factory: Any
         assert figure(html, "pending") == "2" and figure(html, "deliveries") == "0"
         assert "2 of the numbers this service sent to in this batch have no report yet" in html
         assert "No report for this batch yet." in html
+        overview = (await client.get("/dashboard")).text
+        assert (figure(overview, "pending"), figure(overview, "unreported")) == ("0", "2")
         fields = report(ID="S77", msgid="s1", mobile="0911222333", donetime=taipei_ago(1))
         assert (await client.post(CB, data=fields)).status_code == 200
         html = (await client.get("/dashboard/batches/S77")).text
@@ -477,4 +481,5 @@ async def test_a_recorded_send_without_reports_has_a_batch_view(app_factory: Any
         for name in ("deliveries", "delivered", "failed", "pending"):
             assert figure(html, name) == str(batch[name])
         assert "1 of the numbers" in html
+        assert figure((await client.get("/dashboard")).text, "unreported") == "1"
         assert_masked(html)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.aggregates import delivery_stats
 from app.buckets import Interval, LocalCalendar, from_epoch, to_epoch
 from app.models import Delivery, Rejected, Report
+from app.sends import unreported_since
 
 LATEST_FAILURES = 10
 HOURS = 24
@@ -50,6 +51,7 @@ class Overview:
     hours: dict[str, Any]  # delivery_stats of the last 24 local hours, plus from/to
     days: dict[str, Any]  # delivery_stats of the last 30 local days, plus from/to
     pending: int
+    unreported: int  # numbers sent in the last 24 hours without any report yet
     failures: Sequence[Delivery]
     quarantine: Quarantine
 
@@ -123,6 +125,7 @@ class OverviewCache:
                 hours=await stats_window(session, zone, "hour", HOURS, now),
                 days=await self._days(session, zone, now),
                 pending=await pending_count(session),
+                unreported=await unreported_since(session, now - dt.timedelta(hours=HOURS)),
                 failures=await latest_failures(session),
                 quarantine=await quarantine_counts(session),
             )
