@@ -198,8 +198,27 @@ def test_overview_search_and_live_refresh(
     assert page.evaluate("window.__notReloaded") is True
     assert "Updated" in page.locator("#refresh-status").inner_text()
 
+    # a hidden tab asks nothing; shown again, it catches up at once
+    set_hidden = """hidden => {
+        Object.defineProperty(document, "hidden", {value: hidden, configurable: true});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    page.evaluate(set_hidden, True)
+    page.wait_for_timeout(500)  # lets an update already under way land first
+    fields = report(ID="B5", msgid="live-hidden", mobile="0944555668", donetime=taipei_ago(1))
+    assert httpx.post(server.url + "/callbacks/mboxii", data=fields).status_code == 200
+    page.wait_for_timeout(3000)  # longer than the refresh period
+    assert text_of(page, "deliveries") == str(before + 1)
+    page.evaluate(set_hidden, False)
+    page.wait_for_function(
+        "n => document.querySelector('[data-figure=\"deliveries\"]').textContent.trim() == n",
+        arg=str(before + 2),
+    )
+    before += 1
+
     # paused, the figures stay; resumed, they catch up at once
     page.get_by_role("button", name="Pause live updates").click()
+    page.wait_for_timeout(500)  # lets an update already under way land first
     fields = report(ID="B5", msgid="live2", mobile="0944555667", donetime=taipei_ago(1))
     assert httpx.post(server.url + "/callbacks/mboxii", data=fields).status_code == 200
     page.wait_for_timeout(3000)  # longer than the refresh period

@@ -63,10 +63,11 @@ class DashboardRoute(APIRoute):
             try:
                 return await handler(request)
             except LoginRequired:
-                if "/fragments/" in request.url.path or request.method != "GET":
+                if "/fragments/" in request.url.path:
+                    # the page's script reloads the page, which then leads to the login
                     return PlainTextResponse("log in again", status_code=401, headers=PAGE_HEADERS)
-                target = request.url.path
-                if request.url.query:
+                target = request.url.path if request.method == "GET" else "/dashboard"
+                if request.url.query and request.method == "GET":
                     target += "?" + request.url.query
                 return redirect("/dashboard/login?" + urlencode({"next": target}))
             except PageError as exc:
