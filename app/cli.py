@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 
+from app.logging import configure_logging, logging_config
 from app.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("mboxii_dlr")
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -28,7 +33,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         forwarded_allow_ips="",
         server_header=False,
         date_header=True,
+        # Our access log (app.middleware) replaces uvicorn's, which prints raw paths with
+        # the callback token; our logging config is applied in every worker process.
         access_log=False,
+        log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
@@ -41,8 +49,29 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.schema import upgrade
 
     upgrade(settings.database_url, getattr(args, "revision", None) or "head")
-    print("database schema is at the newest migration", file=sys.stderr)
+    log.info("database schema is at the newest migration")
     return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when the local server answers /healthz (the container's HEALTHCHECK)."""
+    host = settings.host
+    if host in ("0.0.0.0", ""):  # noqa: S104 - the wildcard is what we translate here
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{args.port or settings.port}/healthz"
+    # No proxy: an HTTP_PROXY meant for outbound traffic must not route a local probe.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=args.timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"mboxii-dlr: {url} did not answer: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help=cmd_migrate.__doc__)
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.set_defaults(func=cmd_migrate)
+
+    health = sub.add_parser("healthcheck", help=cmd_healthcheck.__doc__)
+    health.add_argument("--port", type=int, help="port of the server (DLR_PORT, default 8000)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.set_defaults(func=cmd_healthcheck)
     return parser
 
 
@@ -74,10 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"mboxii-dlr: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     func: Command = args.func
     return func(args, settings)
 

@@ -16,6 +16,7 @@ from app.db import create_engine
 from app.errors import install_error_handlers
 from app.ingest import Writer
 from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
 from app.routes import callbacks, deliveries, ops
 from app.security import require_api_key
 from app.settings import Settings, get_settings
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every /v1 route sits behind the API keys; the callback path never does.
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
+    # Added last, so it is the outermost: it sees the callback too, and every answer.
+    app.add_middleware(RequestContextMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
