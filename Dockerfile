@@ -36,8 +36,8 @@ LABEL org.opencontainers.image.title="mboxii-dlr" \
       org.opencontainers.image.description="Receiver and read API for MboxII SMS delivery reports" \
       org.opencontainers.image.licenses="MIT"
 # A fixed numeric id, so Kubernetes' runAsNonRoot can check it without a passwd lookup.
-RUN groupadd --system --gid 10001 dlr \
-    && useradd --system --uid 10001 --gid dlr --home-dir /var/lib/mboxii-dlr \
+RUN groupadd --gid 10001 dlr \
+    && useradd --no-log-init --uid 10001 --gid dlr --home-dir /var/lib/mboxii-dlr \
        --no-create-home --shell /usr/sbin/nologin dlr \
     && mkdir -p /var/lib/mboxii-dlr \
     && chown dlr:dlr /var/lib/mboxii-dlr
