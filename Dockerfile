@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # mboxii-dlr: receiver and read API for MboxII delivery reports.
 #
 #   docker build -t mboxii-dlr .
