@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.logging import configure_logging, logging_config
 from app.settings import Settings, SettingsError, load_settings
@@ -74,6 +77,72 @@ def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def cmd_replay_rejected(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay quarantined callback requests through the ingest path."""
+    return asyncio.run(replay_all(settings, include_replayed=args.all))
+
+
+async def replay_all(settings: Settings, include_replayed: bool) -> int:
+    """Replay every quarantined row, oldest first, with its own engine and writer."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.db import create_engine
+    from app.ingest import IngestUnavailable, Writer
+    from app.metrics import Metrics
+    from app.quarantine import list_rejected, replay
+
+    engine = create_engine(settings.database_url, pool_size=2)
+    writer = Writer(
+        engine,
+        Metrics(),
+        batch_size=settings.ingest_batch_size,
+        batch_delay=0,
+        queue_size=settings.ingest_queue_size,
+        timeout=settings.ingest_timeout_seconds,
+    )
+    writer.start()
+    stored = duplicates = invalid = 0
+    last_id = 0
+    try:
+        while True:
+            # Pages by id, oldest first, so rows quarantined meanwhile are replayed too and
+            # no more than one page of bodies is held.
+            async with AsyncSession(engine) as session:
+                rows = await list_rejected(
+                    session, 200, after_id=last_id, include_replayed=include_replayed
+                )
+            if not rows:
+                break
+            for row in rows:
+                last_id = row.id
+                result = await replay(engine, writer, settings.zone, row)
+                if result.report is None:
+                    invalid += 1
+                    problems = "; ".join(f"{e['field']} {e['message']}" for e in result.errors)
+                    print(f"#{row.id}: still invalid: {problems}")
+                elif result.new:
+                    stored += 1
+                    print(f"#{row.id}: stored msgid {result.report.msgid}")
+                else:
+                    duplicates += 1
+                    print(f"#{row.id}: already stored (msgid {result.report.msgid})")
+    except (IngestUnavailable, OSError, SQLAlchemyError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        print(
+            f"mboxii-dlr: the database is unreachable or not migrated ({cause}); stopped",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        await writer.stop()
+        await engine.dispose()
+    print(
+        f"replayed {stored + duplicates} ({stored} new, {duplicates} already stored), "
+        f"still invalid {invalid}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mboxii-dlr",
@@ -97,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--port", type=int, help="port of the server (DLR_PORT, default 8000)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     health.set_defaults(func=cmd_healthcheck)
+
+    replay = sub.add_parser("replay-rejected", help=cmd_replay_rejected.__doc__)
+    replay.add_argument(
+        "--all", action="store_true", help="also replay requests that were replayed before"
+    )
+    replay.set_defaults(func=cmd_replay_rejected)
     return parser
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("mboxii_dlr.api")
 
 
 class ApiError(Exception):
@@ -45,6 +50,13 @@ class Ambiguous(ApiError):
 class InvalidParameters(ApiError):
     status_code = 422
     code = "invalid_parameters"
+
+
+class InvalidCallback(ApiError):
+    """A stored callback request that still does not pass validation."""
+
+    status_code = 422
+    code = "invalid_callback"
 
 
 class Unauthorized(ApiError):
@@ -88,7 +100,17 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable for a read: %s", exc.__class__.__name__)
+        return JSONResponse(
+            {"error": "unavailable", "message": "the database is unreachable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     app.add_exception_handler(ApiError, api_error)
+    for exc_type in (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError):
+        app.add_exception_handler(exc_type, database_unavailable)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
 

@@ -17,7 +17,7 @@ from app.errors import install_error_handlers
 from app.ingest import Writer
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.routes import callbacks, deliveries, ops
+from app.routes import callbacks, deliveries, ops, rejected, stats
 from app.security import require_api_key
 from app.settings import Settings, get_settings
 
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
+    for router in (stats.router, rejected.router):
+        app.include_router(router, dependencies=[Depends(require_api_key)])
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
     # Added last, so it is the outermost: it sees the callback too, and every answer.
