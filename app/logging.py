@@ -80,8 +80,15 @@ class ConsoleFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        record.request_id = _request_id(record) or "-"
-        return mask_numbers(super().format(record))
+        # Set for this format only: another handler may format the same record after us.
+        given = "request_id" in record.__dict__
+        if not given:
+            record.request_id = REQUEST_ID.get() or "-"
+        try:
+            return mask_numbers(super().format(record))
+        finally:
+            if not given:
+                del record.request_id
 
 
 def logging_config(level: str = "info", fmt: str = "console") -> dict[str, Any]:

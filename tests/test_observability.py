@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.logging import ConsoleFormatter, JsonFormatter, mask_numbers
+from app.logging import REQUEST_ID, ConsoleFormatter, JsonFormatter, mask_numbers
 from tests.conftest import SEED_REPORT, LiveServer, report
 
 TOKEN = "tok-Observability_1"
@@ -214,6 +214,15 @@ def test_console_format_masks_and_shows_the_request_id() -> None:
     record.request_id = "req-9"
     line = ConsoleFormatter().format(record)
     assert line.endswith("INFO    mboxii_dlr.x [req-9] report for 0922***529")
+    del record.request_id
+    token = REQUEST_ID.set("from-context")
+    try:
+        assert "[from-context]" in ConsoleFormatter().format(record)
+    finally:
+        REQUEST_ID.reset(token)
+    assert "[-]" in ConsoleFormatter().format(record)
+    # The record is left as it was, for the next handler.
+    assert "request_id" not in record.__dict__
 
 
 def test_json_format_keeps_extras_and_masks_tracebacks() -> None:
