@@ -88,7 +88,7 @@ class ConsoleFormatter(logging.Formatter):
             return mask_numbers(super().format(record))
         finally:
             if not given:
-                del record.request_id
+                del record.__dict__["request_id"]
 
 
 def logging_config(level: str = "info", fmt: str = "console") -> dict[str, Any]:
