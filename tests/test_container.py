@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -133,6 +134,7 @@ class Container:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.proc = None
                 raise AssertionError(f"server exited:\n{self.output()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
@@ -142,8 +144,8 @@ class Container:
             time.sleep(0.2)
         raise AssertionError(f"server did not answer /healthz in time:\n{self.output()}")
 
-    def server_pid(self) -> int:
-        """The Python process serving, found among the descendants of `buildah run`."""
+    def descendants(self) -> list[int]:
+        """Host pids of every process under `buildah run`, parents before children."""
         assert self.proc is not None
         children: dict[int, list[int]] = {}
         for entry in Path("/proc").iterdir():
@@ -154,14 +156,24 @@ class Container:
                     continue
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(entry.name))
-        todo, found = [self.proc.pid], []
+        found: list[int] = []
+        todo = [self.proc.pid]
         while todo:
-            pid = todo.pop()
-            for child in children.get(pid, []):
+            for child in children.get(todo.pop(), []):
+                found.append(child)
                 todo.append(child)
-                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                if Path(argv[0].decode()).name.startswith("python"):
-                    found.append(child)
+        return found
+
+    def server_pid(self) -> int:
+        """The Python process serving, found among the descendants of `buildah run`."""
+        found = []
+        for pid in self.descendants():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if Path(argv[0].decode()).name.startswith("python"):
+                found.append(pid)
         assert len(found) == 1, f"expected one server process, found {found}"
         return found[0]
 
@@ -172,13 +184,32 @@ class Container:
         self.proc.wait(timeout)
         self.proc = None
 
+    def kill(self) -> None:
+        """End whatever still runs. Killing `buildah run` alone would orphan the server (no
+        PID namespace), so its descendants are signalled first, by pid."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            pids = self.descendants()
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in reversed(pids):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                try:
+                    self.proc.wait(10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def remove(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.kill()
         buildah("rm", self.name, check=False)
 
 
@@ -261,6 +292,7 @@ def test_migrate_serve_callback_read_and_sigterm(container: Container) -> None:
     assert TOKEN not in output and "wrong" not in output
 
     # What was acknowledged before SIGTERM is still there after a restart.
-    container.start()
+    pid = container.start()
     r = httpx.get(delivery, headers={"X-API-Key": API_KEY})
     assert (r.status_code, r.json()["reports"]) == (200, 1)
+    container.stop(pid)
