@@ -6,11 +6,16 @@ import argparse
 import asyncio
 import logging
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.logging import configure_logging, logging_config
 from app.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("mboxii_dlr")
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -31,7 +36,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         forwarded_allow_ips="",
         server_header=False,
         date_header=True,
+        # Our access log (app.middleware) replaces uvicorn's, which prints raw paths with
+        # the callback token; our logging config is applied in every worker process.
         access_log=False,
+        log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
@@ -44,7 +52,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.schema import upgrade
 
     upgrade(settings.database_url, getattr(args, "revision", None) or "head")
-    print("database schema is at the newest migration", file=sys.stderr)
+    log.info("database schema is at the newest migration")
     return 0
 
 
@@ -125,6 +133,27 @@ def cmd_simulate_gateway(args: argparse.Namespace, _: Settings | None) -> int:
         access_log=args.log_level == "debug",
     )
     return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when the local server answers /healthz (the container's HEALTHCHECK)."""
+    host = settings.host
+    if host in ("0.0.0.0", ""):  # noqa: S104 - the wildcard is what we translate here
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{args.port or settings.port}/healthz"
+    # No proxy: an HTTP_PROXY meant for outbound traffic must not route a local probe.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=args.timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"mboxii-dlr: {url} did not answer: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
 
 
 def cmd_replay_rejected(args: argparse.Namespace, settings: Settings) -> int:
@@ -300,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     sim.set_defaults(func=cmd_simulate_gateway, needs_settings=False)
+    health = sub.add_parser("healthcheck", help=cmd_healthcheck.__doc__)
+    health.add_argument("--port", type=int, help="port of the server (DLR_PORT, default 8000)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.set_defaults(func=cmd_healthcheck)
+
     replay = sub.add_parser("replay-rejected", help=cmd_replay_rejected.__doc__)
     replay.add_argument(
         "--all", action="store_true", help="also replay requests that were replayed before"
@@ -311,10 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log_format = "%(asctime)s %(levelname)s %(name)s %(message)s"
     if not getattr(args, "needs_settings", True):
         # The simulator stands in for the gateway: it needs none of the service's settings.
-        logging.basicConfig(level=args.log_level.upper(), format=log_format)
+        configure_logging(args.log_level, "console")
         simulate: Callable[[argparse.Namespace, None], int] = args.func
         return simulate(args, None)
     try:
@@ -322,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"mboxii-dlr: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format=log_format)
+    configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     func: Command = args.func
     return func(args, settings)

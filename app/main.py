@@ -18,6 +18,7 @@ from app.db import create_engine
 from app.errors import install_error_handlers
 from app.ingest import Writer
 from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
 from app.routes import callbacks, deliveries, messages, ops, rejected, stats
 from app.security import require_api_key
 from app.settings import Settings, get_settings
@@ -133,6 +134,8 @@ def create_app(
         )
     # Added last, so outermost: the callback path never reaches CORS or the router.
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
+    # Added last, so it is the outermost: it sees the callback too, and every answer.
+    app.add_middleware(RequestContextMiddleware, state=app.state)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
