@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import __version__
+from app import __version__, dashboard
 from app.db import create_engine
 from app.errors import install_error_handlers
 from app.ingest import Writer
@@ -116,6 +116,8 @@ def create_app(
     for router in (stats.router, rejected.router):
         app.include_router(router, dependencies=[Depends(require_api_key)])
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
+    # The dashboard checks the same keys itself, through a login form and a session cookie.
+    app.include_router(dashboard.router)
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.
         app.include_router(messages.router, dependencies=[Depends(require_api_key)])
