@@ -108,7 +108,11 @@ def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) ->
 
 def insert_for(dialect: Dialect, table: Any) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (both backends support it)."""
-    module = postgresql if dialect.name == "postgresql" else sqlite
+    return insert_for_name(dialect.name, table)
+
+
+def insert_for_name(dialect: str, table: Any) -> Any:
+    module = postgresql if dialect == "postgresql" else sqlite
     return module.insert(table)
 
 

@@ -8,14 +8,16 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, case, or_
+from sqlalchemy import DateTime, and_, bindparam, case, func, or_, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.callback import ParsedReport, mask_mobile
-from app.db import insert_for
+from app.db import UTCDateTime, insert_for_name
 from app.metrics import Metrics, status_label
 from app.models import Delivery, Report
 
@@ -23,6 +25,9 @@ log = logging.getLogger("mboxii_dlr.ingest")
 
 REPORTS = Report.__table__
 DELIVERIES = Delivery.__table__
+
+
+SUMMARY_SECONDS = 60.0
 
 
 class IngestUnavailable(Exception):
@@ -55,8 +60,72 @@ def is_connectivity_error(exc: BaseException) -> bool:
     return not isinstance(exc, StatementError)
 
 
-def _delivery_upsert(connection: AsyncConnection) -> Any:
-    ins = insert_for(connection.dialect, DELIVERIES)
+REPORT_COLUMNS = (
+    "report_key",
+    "batch_id",
+    "msgid",
+    "mobile",
+    "type",
+    "status",
+    "statuscode",
+    "outcome",
+    "final",
+    "inconsistent",
+    "done_at",
+    "received_at",
+    "source",
+)
+DELIVERY_COLUMNS = (
+    "msgid",
+    "mobile",
+    "batch_id",
+    "type",
+    "status",
+    "statuscode",
+    "outcome",
+    "final",
+    "inconsistent",
+    "done_at",
+    "first_received_at",
+    "last_received_at",
+    "reports",
+    "report_id",
+)
+
+
+def _array_type(column: Any) -> Any:
+    # The values are already aware UTC datetimes: skip UTCDateTime's per-value processing.
+    element = DateTime(timezone=True) if isinstance(column.type, UTCDateTime) else column.type
+    return postgresql.ARRAY(element)
+
+
+def _insert_rows(dialect: str, table: Any, columns: tuple[str, ...]) -> Any:
+    """INSERT of many rows in one statement: on PostgreSQL from unnest() over one array per
+    column (one round trip, arrays encoded by the driver), elsewhere as multi-row VALUES."""
+    if dialect != "postgresql":
+        return insert_for_name(dialect, table)
+    source = select(
+        *(func.unnest(bindparam(c, type_=_array_type(table.c[c]))).label(c) for c in columns)
+    )
+    return postgresql.insert(table).from_select(list(columns), source)
+
+
+def row_params(dialect: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Any:
+    """Parameters for _insert_rows: one list per column, or one dict per row."""
+    if dialect == "postgresql":
+        return {c: list(values) for c, values in zip(columns, zip(*rows, strict=True), strict=True)}
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+@lru_cache
+def _statements(dialect: str) -> tuple[Any, Any]:
+    """The two statements of a batch, built once per dialect."""
+    reports = (
+        _insert_rows(dialect, REPORTS, REPORT_COLUMNS)
+        .on_conflict_do_nothing(index_elements=[REPORTS.c.report_key])
+        .returning(REPORTS.c.report_key, REPORTS.c.id)
+    )
+    ins = _insert_rows(dialect, DELIVERIES, DELIVERY_COLUMNS)
     new, old = ins.excluded, DELIVERIES.c
     # The ordering rule: final beats non-final; then the later donetime; on a tie the
     # report received later (this one) wins.
@@ -68,7 +137,7 @@ def _delivery_upsert(connection: AsyncConnection) -> Any:
     def pick(name: str) -> Any:
         return case((newer, new[name]), else_=old[name])
 
-    return ins.on_conflict_do_update(
+    deliveries = ins.on_conflict_do_update(
         index_elements=[old.msgid, old.mobile],
         set_={
             **{
@@ -94,6 +163,7 @@ def _delivery_upsert(connection: AsyncConnection) -> Any:
             "reports": old.reports + new.reports,
         },
     ).returning(old.msgid, old.mobile, old.batch_id)
+    return reports, deliveries
 
 
 def _wins(candidate: ParsedReport, current: ParsedReport) -> bool:
@@ -113,31 +183,28 @@ async def store_batch(connection: AsyncConnection, jobs: list[Job]) -> StoreResu
     first_by_key: dict[bytes, Job] = {}
     for job in jobs:
         first_by_key.setdefault(job.report.key, job)
+    dialect = connection.dialect.name
+    insert_reports, upsert_deliveries = _statements(dialect)
     rows = [
-        {
-            "report_key": r.key,
-            "batch_id": r.batch_id,
-            "msgid": r.msgid,
-            "mobile": r.mobile,
-            "type": r.type,
-            "status": r.status,
-            "statuscode": r.statuscode,
-            "outcome": r.outcome,
-            "final": r.final,
-            "inconsistent": r.inconsistent,
-            "done_at": r.done_at,
-            "received_at": job.received_at,
-            "source": job.source,
-        }
+        (
+            r.key,
+            r.batch_id,
+            r.msgid,
+            r.mobile,
+            r.type,
+            r.status,
+            r.statuscode,
+            r.outcome,
+            r.final,
+            r.inconsistent,
+            r.done_at,
+            job.received_at,
+            job.source,
+        )
         for job in first_by_key.values()
         for r in (job.report,)
     ]
-    stmt = (
-        insert_for(connection.dialect, REPORTS)
-        .on_conflict_do_nothing(index_elements=[REPORTS.c.report_key])
-        .returning(REPORTS.c.report_key, REPORTS.c.id)
-    )
-    result = await connection.execute(stmt, rows)
+    result = await connection.execute(insert_reports, row_params(dialect, REPORT_COLUMNS, rows))
     ids = {bytes(key): rid for key, rid in result.all()}
 
     # Fold the new reports of each delivery (in the order received) into one upsert row.
@@ -171,26 +238,28 @@ async def store_batch(connection: AsyncConnection, jobs: list[Job]) -> StoreResu
     mismatch = 0
     if groups:
         upserts = [
-            {
-                "msgid": w.msgid,
-                "mobile": w.mobile,
-                "batch_id": g["row_batch"],
-                "type": g["row_type"],
-                "status": w.status,
-                "statuscode": w.statuscode,
-                "outcome": w.outcome,
-                "final": w.final,
-                "inconsistent": w.inconsistent,
-                "done_at": w.done_at,
-                "first_received_at": g["first"],
-                "last_received_at": g["last"],
-                "reports": g["count"],
-                "report_id": g["report_id"],
-            }
+            (
+                w.msgid,
+                w.mobile,
+                g["row_batch"],
+                g["row_type"],
+                w.status,
+                w.statuscode,
+                w.outcome,
+                w.final,
+                w.inconsistent,
+                w.done_at,
+                g["first"],
+                g["last"],
+                g["count"],
+                g["report_id"],
+            )
             for g in groups.values()
             for w in (g["winner"],)
         ]
-        result = await connection.execute(_delivery_upsert(connection), upserts)
+        result = await connection.execute(
+            upsert_deliveries, row_params(dialect, DELIVERY_COLUMNS, upserts)
+        )
         for msgid, mobile, batch_id in result.all():
             group = groups[(msgid, mobile)]
             mismatch += sum(1 for b in group["batch_ids"] if b != batch_id)
@@ -230,6 +299,8 @@ class Writer:
         self._closing = False
         self._down_until = 0.0
         self._backoff = 0.0
+        self._summary = {"stored": 0, "duplicates": 0, "batches": 0}
+        self._summary_at = time.monotonic()
         metrics.queue_depth.set_function(lambda: len(self._queue))
 
     @property
@@ -337,6 +408,12 @@ class Writer:
     def _finish(self, batch: list[Job], result: StoreResult) -> None:
         m = self.metrics
         m.batch_size.observe(len(batch))
+        stored = sum(result.new)
+        self._summary["stored"] += stored
+        self._summary["duplicates"] += len(batch) - stored
+        self._summary["batches"] += 1
+        if time.monotonic() - self._summary_at >= SUMMARY_SECONDS:
+            self._log_summary()
         if result.batch_mismatch:
             m.batch_mismatch.inc(result.batch_mismatch)
         for job, new in zip(batch, result.new, strict=True):
@@ -349,6 +426,22 @@ class Writer:
                 m.duplicates.inc()
             if not job.future.done():
                 job.future.set_result(new)
+
+    def _log_summary(self) -> None:
+        """One line a minute about the acknowledged callbacks (they get no access line)."""
+        now = time.monotonic()
+        s = self._summary
+        log.info(
+            "ingest: %d reports stored, %d duplicates, in %d commits over the last %.0fs; "
+            "%d waiting",
+            s["stored"],
+            s["duplicates"],
+            s["batches"],
+            now - self._summary_at,
+            len(self._queue),
+        )
+        self._summary = {"stored": 0, "duplicates": 0, "batches": 0}
+        self._summary_at = now
 
     def _mark_down(self, exc: BaseException) -> None:
         self._backoff = min(max(self._backoff * 2, 0.25), 5.0)

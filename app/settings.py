@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "console"
     access_log: bool = True
+    access_log_callbacks: bool = False
 
     host: str = "0.0.0.0"  # noqa: S104 - a server inside a container listens on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)

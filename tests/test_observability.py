@@ -180,6 +180,21 @@ async def test_access_log_shows_the_template_and_carries_the_request_id(
     assert warning["request_id"] == access[0]["request_id"]
 
 
+async def test_acknowledged_callbacks_are_summarised_not_logged_one_by_one(
+    app_factory: Callable[..., Any], log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    async with app_factory(callback_tokens=[TOKEN]) as (app, client):
+        for _ in range(3):
+            assert (await client.post(f"/callbacks/mboxii/{TOKEN}", data=SEED_REPORT)).is_success
+        assert (await client.post(f"/callbacks/mboxii/{TOKEN}", data={})).status_code == 422
+        app.state.writer._log_summary()
+    lines = log_lines()
+    access = [line for line in lines if line["logger"] == "mboxii_dlr.access"]
+    assert [(a["route"], a["status"]) for a in access] == [("/callbacks/mboxii/{token}", 422)]
+    (summary,) = [line for line in lines if line["message"].startswith("ingest:")]
+    assert "1 reports stored, 2 duplicates, in 3 commits" in summary["message"]
+
+
 async def test_access_log_can_be_turned_off(
     app_factory: Callable[..., Any], log_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -244,7 +259,12 @@ def test_json_format_keeps_extras_and_masks_tracebacks() -> None:
 def test_real_server_writes_json_lines_for_uvicorn_and_us(
     live_server: Callable[..., LiveServer],
 ) -> None:
-    server = live_server(DLR_CALLBACK_TOKENS=TOKEN, DLR_LOG_FORMAT="json", DLR_LOG_LEVEL="info")
+    server = live_server(
+        DLR_CALLBACK_TOKENS=TOKEN,
+        DLR_LOG_FORMAT="json",
+        DLR_LOG_LEVEL="info",
+        DLR_ACCESS_LOG_CALLBACKS="true",
+    )
     r = httpx.post(
         f"{server.url}/callbacks/mboxii/{TOKEN}",
         data=SEED_REPORT,

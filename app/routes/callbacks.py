@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 from typing import Any
 
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.callback import CallbackRejected, mask_mobile, parse_callback
 from app.ingest import IngestRefused, IngestUnavailable
@@ -86,19 +87,22 @@ def token_of(path: str) -> str | None:
     return rest
 
 
-class CallbackMiddleware:
-    """Serves the callback paths before FastAPI's router: it must answer fast and never
-    redirect, and it decides for itself what the raw request bytes mean."""
+class CallbackEndpoint:
+    """Serves the callback paths in front of FastAPI's middleware and router (see
+    app.main.DlrApp): it must answer fast and never redirect, and it decides for itself
+    what the raw request bytes mean."""
 
-    def __init__(self, app: ASGIApp, state: State) -> None:
-        self.app = app
+    def __init__(self, state: State) -> None:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_template(scope["path"]) is None:
-            await self.app(scope, receive, send)
-            return
-        await self.receive_callback(scope, receive, send)
+        try:
+            await self.receive_callback(scope, receive, send)
+        except Exception:
+            # Nothing was acknowledged; a 500 makes the gateway retry.
+            log.exception("callback failed")
+            with contextlib.suppress(Exception):  # the answer may have started already
+                await _send_json(send, 500, {"error": "internal_error"})
 
     async def receive_callback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Store one delivery report and acknowledge it only once it is committed."""
