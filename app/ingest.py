@@ -230,7 +230,9 @@ class Writer:
         self._closing = False
         self._down_until = 0.0
         self._backoff = 0.0
+        self._in_flight = 0
         metrics.queue_depth.set_function(lambda: len(self._queue))
+        metrics.in_flight.set_function(lambda: self._in_flight)
 
     @property
     def depth(self) -> int:
@@ -264,9 +266,11 @@ class Writer:
         # Past the deadline the sender gets 503; should the commit still land, the
         # gateway's retry is then a harmless duplicate.
         timer = loop.call_later(self.timeout, _fail, future, IngestUnavailable("timeout"))
+        self._in_flight += 1
         try:
             return await future
         finally:
+            self._in_flight -= 1
             timer.cancel()
 
     def _take(self) -> list[Job]:

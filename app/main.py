@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import __version__
+from app import __version__, redact
 from app.db import create_engine
 from app.errors import install_error_handlers
+from app.headers import SecurityHeadersMiddleware, page_csp
 from app.ingest import Writer
 from app.metrics import Metrics
+from app.overload import install_overload_answer
+from app.retention import purge_periodically
 from app.routes import callbacks, deliveries, ops
 from app.security import require_api_key
 from app.settings import Settings, get_settings
@@ -58,10 +65,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
                 "without a secret; set tokens before exposing this service"
             )
+        # Each worker process builds its app here, so these hold for every worker.
+        redact.install([*settings.callback_tokens, *settings.api_keys])
+        install_overload_answer(settings.retry_after_seconds)
         writer.start()
+        purger: asyncio.Task[None] | None = None
+        if settings.retention_days:
+            interval = settings.retention_interval_seconds
+            purger = asyncio.create_task(
+                purge_periodically(
+                    engine, settings.retention_days, interval, first_delay=min(30.0, interval)
+                ),
+                name="mboxii-dlr-retention",
+            )
         try:
             yield
         finally:
+            if purger is not None:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
             await writer.stop()
             await engine.dispose()
 
@@ -71,6 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         redirect_slashes=False,
+        # /docs is served below with a CSP made for it; ReDoc would need another one.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -79,7 +106,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
     app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
+    # Added first, so it sits inside the callback middleware: callback answers stay minimal.
+    app.add_middleware(
+        SecurityHeadersMiddleware, no_store_prefixes=("/v1", "/healthz", "/readyz", "/metrics")
+    )
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
+
+    docs = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json",
+        title=f"{app.title} - API documentation",
+        # No validator badge: it would load an image from validator.swagger.io.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    docs_headers = {"Content-Security-Policy": page_csp(bytes(docs.body).decode())}
+
+    @app.get("/docs", include_in_schema=False)
+    async def get_docs() -> HTMLResponse:
+        """Serve the Swagger UI with a CSP that allows exactly what it loads."""
+        return HTMLResponse(bytes(docs.body), headers=docs_headers)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
