@@ -22,6 +22,7 @@ from app.headers import SecurityHeadersMiddleware, page_csp
 from app.ingest import Writer
 from app.metrics import Metrics
 from app.overload import install_overload_answer
+from app.params import reject_nul
 from app.retention import purge_periodically
 from app.routes import callbacks, deliveries, ops
 from app.security import require_api_key
@@ -105,7 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
-    app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
+    app.include_router(
+        deliveries.router, dependencies=[Depends(require_api_key), Depends(reject_nul)]
+    )
     # Added first, so it sits inside the callback middleware: callback answers stay minimal.
     app.add_middleware(
         SecurityHeadersMiddleware, no_store_prefixes=("/v1", "/healthz", "/readyz", "/metrics")

@@ -140,3 +140,18 @@ def test_redaction_of_records_from_any_logger(caplog: pytest.LogCaptureFixture) 
         )
     finally:
         redact.install([])
+
+
+def test_redactor_spares_ordinary_text() -> None:
+    r = redact.Redactor(["k", "a-long-secret-value"])
+    # a short secret goes only where it stands alone
+    assert r("callbacks keep working; key=k") == "callbacks keep working; key=***"
+    # a long one wherever it appears, even inside a longer token
+    assert r("x-a-long-secret-valuey") == "x-***y"
+    # any token of a callback path, right or wrong, and nothing else of the path
+    assert r('"POST /callbacks/mboxii/near-miss?ID=1 HTTP/1.1" 404') == (
+        '"POST /callbacks/mboxii/***?ID=1 HTTP/1.1" 404'
+    )
+    assert r("on /callbacks/mboxii without a secret") == "on /callbacks/mboxii without a secret"
+    for spelling in (*RAW_NUMBERS, "+886 0922161529", "0922.161.529"):
+        assert r(f"to {spelling}.") == "to 0922***529.", spelling
