@@ -32,6 +32,7 @@ EARLIEST = (2000, 1, 1)
 LATEST_AHEAD = dt.timedelta(hours=24)
 
 _STATUSSTR_RE = re.compile(r"[A-Za-z0-9_]{1,16}")
+_COMPACT_MOBILE_RE = re.compile(r"(?:\+?8860?|0)?(9[0-9]{8})")
 _MOBILE_CHARS_RE = re.compile(r"\+?[0-9][0-9 .\-]*")
 _MOBILE_STRIP = str.maketrans("", "", " .-")
 _SLASH_RE = re.compile(r"(\d{4})/(\d{2})/(\d{2})[ T]+(\d{2}):(\d{2})(?::(\d{2}))?")
@@ -252,9 +253,19 @@ def _is_identifier(value: str) -> bool:
     return 0 < len(value) <= 64 and value.isprintable() and " " not in value
 
 
-@lru_cache(maxsize=65536)
 def normalize_mobile(value: str) -> str | None:
     """A Taiwan mobile number in any accepted form as E.164, or None."""
+    # The compact spellings gateways send are settled by one regex; phonenumbers (slower,
+    # cached) handles the rest. tests/test_callback.py checks that both paths agree.
+    m = _COMPACT_MOBILE_RE.fullmatch(value)
+    if m is not None:
+        return "+886" + m.group(1)
+    return normalize_mobile_phonenumbers(value)
+
+
+@lru_cache(maxsize=65536)
+def normalize_mobile_phonenumbers(value: str) -> str | None:
+    """normalize_mobile through the phonenumbers library, for any spelling."""
     if not _MOBILE_CHARS_RE.fullmatch(value):
         return None
     compact = value.translate(_MOBILE_STRIP)

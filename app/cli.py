@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app import redact
+from app.logging import configure_logging, logging_config
 from app.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("mboxii_dlr")
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -29,7 +37,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         forwarded_allow_ips="",
         server_header=False,
         date_header=True,
+        # Our access log (app.middleware) replaces uvicorn's, which prints raw paths with
+        # the callback token; our logging config is applied in every worker process.
         access_log=False,
+        log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
@@ -42,13 +53,12 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.schema import upgrade
 
     upgrade(settings.database_url, getattr(args, "revision", None) or "head")
-    print("database schema is at the newest migration", file=sys.stderr)
+    log.info("database schema is at the newest migration")
     return 0
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     """Delete deliveries (with their reports) and quarantined requests older than DAYS."""
-    import asyncio
 
     from app.db import create_engine
     from app.retention import PurgeResult, cutoff_for, purge
@@ -80,6 +90,205 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask the gateway (CheckSMS) once about sends still missing reports, and store them."""
+    if not settings.mboxii_configured:
+        print(
+            "mboxii-dlr: reconcile needs the gateway account (DLR_MBOXII_CID, DLR_MBOXII_CPW)",
+            file=sys.stderr,
+        )
+        return 2
+    result = asyncio.run(_reconcile_once(settings, everything=args.all))
+    print(f"reconciliation: {result}")
+    return 0
+
+
+async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from app.db import create_engine
+    from app.ingest import Writer
+    from app.mboxii import MboxiiClient
+    from app.metrics import Metrics
+    from app.reconcile import Reconciler
+
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    writer = Writer(engine, Metrics(), timeout=settings.ingest_timeout_seconds)
+    client = MboxiiClient(
+        settings.mboxii_base_url,
+        settings.mboxii_cid,
+        settings.mboxii_cpw,
+        zone=settings.zone,
+        timeout=settings.mboxii_timeout_seconds,
+    )
+    writer.start()
+    try:
+        reconciler = Reconciler(
+            settings, async_sessionmaker(engine, expire_on_commit=False), writer, client
+        )
+        return await reconciler.run_once(everything=everything)
+    finally:
+        await writer.stop()
+        await client.aclose()
+        await engine.dispose()
+
+
+def cmd_simulate_gateway(args: argparse.Namespace, _: Settings | None) -> int:
+    """Run a simulator of the MboxII gateway (send, schedule, check, and callbacks)."""
+    import json
+
+    import uvicorn
+
+    from app.simulator import SimulatorConfig, create_simulator, describe
+
+    config = SimulatorConfig(
+        accounts=args.accounts,
+        delay=args.delay,
+        fail_rate=args.fail_rate,
+        drop_rate=args.drop_rate,
+        duplicate_rate=args.duplicate_rate,
+        reorder_rate=args.reorder_rate,
+        get_callbacks=args.get_callbacks,
+        answer_format=args.answer_format,
+        first_id=args.first_id,
+        seed=args.seed,
+        force_codes=dict(args.force_code or []),
+    )
+    print(
+        f"MboxII simulator on http://{args.host}:{args.port}/api/ "
+        f"(set DLR_MBOXII_BASE_URL to it): {json.dumps(describe(config))}",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_simulator(config),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
+    )
+    return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when the local server answers /healthz (the container's HEALTHCHECK)."""
+    host = settings.host
+    if host in ("0.0.0.0", ""):  # noqa: S104 - the wildcard is what we translate here
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{args.port or settings.port}/healthz"
+    # No proxy: an HTTP_PROXY meant for outbound traffic must not route a local probe.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=args.timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"mboxii-dlr: {url} did not answer: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+def cmd_replay_rejected(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay quarantined callback requests through the ingest path."""
+    return asyncio.run(replay_all(settings, include_replayed=args.all))
+
+
+async def replay_all(settings: Settings, include_replayed: bool) -> int:
+    """Replay every quarantined row, oldest first, with its own engine and writer."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.db import create_engine
+    from app.ingest import IngestUnavailable, Writer
+    from app.metrics import Metrics
+    from app.quarantine import list_rejected, replay
+
+    engine = create_engine(settings.database_url, pool_size=2)
+    writer = Writer(
+        engine,
+        Metrics(),
+        batch_size=settings.ingest_batch_size,
+        batch_delay=0,
+        queue_size=settings.ingest_queue_size,
+        timeout=settings.ingest_timeout_seconds,
+    )
+    writer.start()
+    stored = duplicates = invalid = 0
+    last_id = 0
+    try:
+        while True:
+            # Pages by id, oldest first, so rows quarantined meanwhile are replayed too and
+            # no more than one page of bodies is held.
+            async with AsyncSession(engine) as session:
+                rows = await list_rejected(
+                    session, 200, after_id=last_id, include_replayed=include_replayed
+                )
+            if not rows:
+                break
+            for row in rows:
+                last_id = row.id
+                result = await replay(engine, writer, settings.zone, row)
+                if result.report is None:
+                    invalid += 1
+                    problems = "; ".join(f"{e['field']} {e['message']}" for e in result.errors)
+                    print(f"#{row.id}: still invalid: {problems}")
+                elif result.new:
+                    stored += 1
+                    print(f"#{row.id}: stored msgid {result.report.msgid}")
+                else:
+                    duplicates += 1
+                    print(f"#{row.id}: already stored (msgid {result.report.msgid})")
+    except (IngestUnavailable, OSError, SQLAlchemyError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        print(
+            f"mboxii-dlr: the database is unreachable or not migrated ({cause}); stopped",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        await writer.stop()
+        await engine.dispose()
+    print(
+        f"replayed {stored + duplicates} ({stored} new, {duplicates} already stored), "
+        f"still invalid {invalid}"
+    )
+    return 0
+
+
+def _rate(value: str) -> float:
+    rate = float(value)
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError("a rate is a probability between 0 and 1")
+    return rate
+
+
+def _accounts(value: str) -> dict[str, str] | None:
+    from app.simulator import parse_accounts
+
+    try:
+        return parse_accounts(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _delay(value: str) -> tuple[float, float]:
+    from app.simulator import parse_delay
+
+    try:
+        return parse_delay(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _forced(value: str) -> tuple[str, str]:
+    interface, sep, code = value.partition(":")
+    interface = interface.removesuffix(".php")
+    if not sep or interface not in ("SendSMS", "SendTimeSMS", "CheckSMS") or len(code) != 2:
+        raise argparse.ArgumentTypeError("use INTERFACE:CODE, e.g. SendSMS:30")
+    return interface, code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,20 +324,89 @@ def build_parser() -> argparse.ArgumentParser:
         help="deliveries per transaction (default 5000)",
     )
     purge.set_defaults(func=cmd_purge)
+
+    reconcile = sub.add_parser("reconcile", help=cmd_reconcile.__doc__)
+    reconcile.add_argument(
+        "--all",
+        action="store_true",
+        help="ask about every send still missing reports, not only those due",
+    )
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    from app.simulator import ANSWER_FORMATS
+
+    sim = sub.add_parser("simulate-gateway", help=cmd_simulate_gateway.__doc__)
+    sim.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=9090, help="listen port (default 9090)")
+    sim.add_argument(
+        "--accounts",
+        type=_accounts,
+        default=None,
+        help="accepted accounts, cid:password,... (default: any non-empty account)",
+    )
+    sim.add_argument(
+        "--delay",
+        type=_delay,
+        default=(1.0, 3.0),
+        help="seconds from send to final state, N or LOW-HIGH (default 1-3)",
+    )
+    sim.add_argument("--fail-rate", type=_rate, default=0.1, help="share that fails (0.1)")
+    sim.add_argument("--drop-rate", type=_rate, default=0.0, help="callbacks never sent (0)")
+    sim.add_argument("--duplicate-rate", type=_rate, default=0.0, help="callbacks sent twice (0)")
+    sim.add_argument(
+        "--reorder-rate",
+        type=_rate,
+        default=0.0,
+        help="messages that also get an earlier-dated report after the final one (0)",
+    )
+    sim.add_argument(
+        "--get-callbacks", action="store_true", help="call back with GET and a query string"
+    )
+    sim.add_argument(
+        "--answer-format",
+        choices=ANSWER_FORMATS,
+        default="comma",
+        help="layout of the answers: 00,ID (comma), 00 ID, 00<newline>ID, 00=ID, 00:ID, "
+        "or wrapped in HTML (default comma)",
+    )
+    sim.add_argument("--first-id", type=int, help="first ID of both ID sequences")
+    sim.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    sim.add_argument(
+        "--force-code",
+        type=_forced,
+        action="append",
+        metavar="INTERFACE:CODE",
+        help="answer every request of INTERFACE with CODE (e.g. SendSMS:30); repeatable",
+    )
+    sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    sim.set_defaults(func=cmd_simulate_gateway, needs_settings=False)
+    health = sub.add_parser("healthcheck", help=cmd_healthcheck.__doc__)
+    health.add_argument("--port", type=int, help="port of the server (DLR_PORT, default 8000)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.set_defaults(func=cmd_healthcheck)
+
+    replay = sub.add_parser("replay-rejected", help=cmd_replay_rejected.__doc__)
+    replay.add_argument(
+        "--all", action="store_true", help="also replay requests that were replayed before"
+    )
+    replay.set_defaults(func=cmd_replay_rejected)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        # The simulator stands in for the gateway: it needs none of the service's settings.
+        configure_logging(args.log_level, "console")
+        simulate: Callable[[argparse.Namespace, None], int] = args.func
+        return simulate(args, None)
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"mboxii-dlr: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     redact.install([*settings.callback_tokens, *settings.api_keys])
     func: Command = args.func

@@ -52,6 +52,13 @@ class InvalidParameters(ApiError):
     code = "invalid_parameters"
 
 
+class InvalidCallback(ApiError):
+    """A stored callback request that still does not pass validation."""
+
+    status_code = 422
+    code = "invalid_callback"
+
+
 class Unauthorized(ApiError):
     status_code = 401
     code = "unauthorized"
@@ -60,6 +67,38 @@ class Unauthorized(ApiError):
 class Unavailable(ApiError):
     status_code = 503
     code = "unavailable"
+
+
+class NotCancellable(ApiError):
+    status_code = 409
+    code = "not_cancellable"
+
+
+class GatewayFailed(ApiError):
+    """The gateway answered one of its error codes (`code`, `meaning`, `interface`)."""
+
+    status_code = 502
+    code = "gateway_error"
+
+
+class GatewayUnreachable(ApiError):
+    status_code = 502
+    code = "gateway_unreachable"
+
+
+class GatewayBadAnswer(ApiError):
+    status_code = 502
+    code = "gateway_bad_answer"
+
+
+class GatewayIdReused(ApiError):
+    status_code = 502
+    code = "gateway_id_reused"
+
+
+class GatewayTimedOut(ApiError):
+    status_code = 504
+    code = "gateway_timeout"
 
 
 def _clean(errors: Any) -> list[dict[str, Any]]:
@@ -124,7 +163,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found",
         409: "Several deliveries share this msgid; pass `mobile`",
         422: "Invalid parameters",
+        502: "The gateway refused (`gateway_error` with its `code`, `meaning` and `interface`), "
+        "was unreachable, or answered something unreadable",
         503: "The database is unreachable",
+        504: "The gateway did not answer in time",
     }
     return {
         status: {

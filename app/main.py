@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
@@ -21,10 +23,11 @@ from app.errors import install_error_handlers
 from app.headers import SecurityHeadersMiddleware, page_csp
 from app.ingest import Writer
 from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
 from app.overload import install_overload_answer
 from app.params import reject_nul
 from app.retention import purge_periodically
-from app.routes import callbacks, deliveries, ops
+from app.routes import callbacks, deliveries, messages, ops, rejected, stats
 from app.security import require_api_key
 from app.settings import Settings, get_settings
 
@@ -36,14 +39,23 @@ questions about them.
 
 * **Callback**: give MboxII `https://<host>/callbacks/mboxii/<token>` as the `Value` of each
   send. A report is acknowledged (`200`, body `DLR_CALLBACK_ACK`) only once it is committed.
+* **Sending** (`/v1/messages`, only when a gateway account is configured): send now or
+  schedule through MboxII with this service's callback URL; reconciliation asks the gateway
+  (CheckSMS) about reports that never came.
 * **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
   `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
-  gateway zone. Errors are JSON `{"error": "<code>", ...}`.
+  gateway zone. Errors are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
+  `{"error": "invalid_parameters", "errors": [{"field": "...", "message": "..."}]}`.
+* **Browsers**: set `DLR_CORS_ORIGINS` (comma separated origins) to let dashboards served
+  from those origins call the read API.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application; nothing connects to the database until it starts."""
+def create_app(
+    settings: Settings | None = None, gateway_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the application; nothing connects to the database until it starts.
+    `gateway_transport` carries the gateway client's requests elsewhere (tests)."""
     settings = settings or get_settings()
     metrics = Metrics()
 
@@ -79,6 +91,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 name="mboxii-dlr-retention",
             )
+        reconciler = None
+        if settings.mboxii_configured:
+            from app.mboxii import MboxiiClient
+            from app.reconcile import Reconciler
+
+            gateway = MboxiiClient(
+                settings.mboxii_base_url,
+                settings.mboxii_cid,
+                settings.mboxii_cpw,
+                zone=settings.zone,
+                timeout=settings.mboxii_timeout_seconds,
+                transport=gateway_transport,
+                observe=lambda interface, result: metrics.gateway_requests.labels(
+                    interface, result
+                ).inc(),
+            )
+            app.state.gateway = gateway
+            reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)
+            app.state.reconciler = reconciler
+            reconciler.start()
         try:
             yield
         finally:
@@ -86,6 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
+            if reconciler is not None:
+                await reconciler.stop()
+                await reconciler.client.aclose()
             await writer.stop()
             await engine.dispose()
 
@@ -106,14 +141,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
-    app.include_router(
-        deliveries.router, dependencies=[Depends(require_api_key), Depends(reject_nul)]
-    )
-    # Added first, so it sits inside the callback middleware: callback answers stay minimal.
+    v1 = [Depends(require_api_key), Depends(reject_nul)]
+    for router in (stats.router, rejected.router):
+        app.include_router(router, dependencies=v1)
+    app.include_router(deliveries.router, dependencies=v1)
+    if settings.mboxii_configured:
+        # Without an account there is nothing to send with: the paths do not exist.
+        app.include_router(messages.router, dependencies=v1)
+    if settings.cors_origins:
+        # Browser dashboards on other origins; preflights are answered here, before the
+        # API key check, as browsers send them without credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Content-Disposition", "Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        )
+    # Inside the callback middleware: callback answers stay minimal.
     app.add_middleware(
         SecurityHeadersMiddleware, no_store_prefixes=("/v1", "/healthz", "/readyz", "/metrics")
     )
+    # Outside the others: the callback path never reaches CORS or the router.
     app.add_middleware(callbacks.CallbackMiddleware, state=app.state)
+    # Added last, so it is the outermost: it sees the callback too, and every answer.
+    app.add_middleware(RequestContextMiddleware, state=app.state)
 
     docs = get_swagger_ui_html(
         openapi_url=app.openapi_url or "/openapi.json",

@@ -7,12 +7,22 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 
-from app.callback import KNOWN_WORDS
+from app.callback import KNOWN_WORDS, classify
 
 OUTCOMES = ("delivered", "failed", "pending")
+# Every label value the service can produce, so each series exists (at 0) from the start:
+# dashboards and rate() then see a flat line instead of "no data".
+REJECTION_REASONS = (
+    "invalid_fields",
+    "malformed_body",
+    "unsupported_media_type",
+    "storage_refused",
+)
+UNAVAILABLE_CAUSES = ("database", "saturated", "timeout", "stopping", "quarantine")
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -23,8 +33,17 @@ def status_label(status: str) -> str:
     return status if status in KNOWN_WORDS else "OTHER"
 
 
+def report_series() -> set[tuple[str, str]]:
+    """Every (outcome, status label) pair a stored report can count under."""
+    return {(classify(word, code)[0], word) for word in (*KNOWN_WORDS, "OTHER") for code in (0, 1)}
+
+
 class Metrics:
-    """Every metric the service exports; label values are never numbers, ids or tokens."""
+    """Every metric the service exports; label values are never numbers, ids or tokens.
+
+    Names follow Prometheus practice: the `mboxii_dlr_` prefix, base units (`_seconds`),
+    `_total` on counters (added by the client library). HTTP series are labelled by route
+    template (`/callbacks/mboxii/{token}`, `unmatched`), never by the raw path."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -102,3 +121,19 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.gateway_requests = Counter(
+            "mboxii_dlr_gateway_requests",
+            "Calls to the gateway (SendSMS, SendTimeSMS, CheckSMS) by interface and result: "
+            "ok, or the name of the error (NoCredit, RecordNotFound, GatewayTimeout, ...).",
+            ["interface", "result"],
+            registry=r,
+        )
+        # CPU, memory, open files and start time of this process (Linux /proc).
+        ProcessCollector(registry=r)
+
+        for outcome, status in report_series():
+            self.reports.labels(outcome, status)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for cause in UNAVAILABLE_CAUSES:
+            self.unavailable.labels(cause)

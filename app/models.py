@@ -1,4 +1,4 @@
-"""ORM tables: append-only reports, current state per delivery, and the quarantine."""
+"""ORM tables: reports, current state per delivery, the quarantine, and our own sends."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
+    column,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,6 +35,8 @@ class Report(Base):
     __table_args__ = (
         CheckConstraint("statuscode IN (0, 1)", name="statuscode"),
         Index("ix_reports_msgid_mobile_id", "msgid", "mobile", "id"),
+        # batch summaries: one range per ID (and type), each delivery's reports together
+        Index("ix_reports_batch_id_type_msgid_mobile", "batch_id", "type", "msgid", "mobile"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -55,6 +60,38 @@ class Delivery(Base):
     """The current state of one message (one msgid to one mobile), from its newest report."""
 
     __tablename__ = "deliveries"
+    # The list is ordered newest done_at first, then msgid and mobile ascending; each index
+    # ends in that order after its equality column so a page is one ordered range scan.
+    # The msgid filter is served by the primary key (msgid, mobile).
+    __table_args__ = (
+        Index("ix_deliveries_done_at_msgid_mobile", column("done_at").desc(), "msgid", "mobile"),
+        Index("ix_deliveries_mobile_done_at_msgid", "mobile", column("done_at").desc(), "msgid"),
+        Index(
+            "ix_deliveries_batch_id_done_at_msgid_mobile",
+            "batch_id",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        Index(
+            "ix_deliveries_status_done_at_msgid_mobile",
+            "status",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        Index(
+            "ix_deliveries_outcome_done_at_msgid_mobile",
+            "outcome",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        # stats over a done_at range read only this index (an index-only scan on PostgreSQL)
+        Index("ix_deliveries_done_at_type_outcome_status", "done_at", "type", "outcome", "status"),
+        # sends find their numbers' deliveries by (ID, type, mobile) (migration 0003)
+        Index("ix_deliveries_batch_id_type_mobile", "batch_id", "type", "mobile"),
+    )
 
     msgid: Mapped[str] = mapped_column(String(64), primary_key=True)
     mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -91,3 +128,61 @@ class Rejected(Base):
     source_address: Mapped[str] = mapped_column(String(64))
     body: Mapped[bytes] = mapped_column(LargeBinary)
     replayed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Send(Base):
+    """One send through the gateway (now or scheduled, up to 80 numbers, one gateway ID),
+    and where its reconciliation stands."""
+
+    __tablename__ = "sends"
+    __table_args__ = (
+        # Immediate and scheduled sends number their IDs in two sequences.
+        UniqueConstraint("batch_id", "type"),
+        CheckConstraint("type IN ('now', 'scheduled')", name="type"),
+        Index("ix_sends_next_check_at", "next_check_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    language: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    send_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    gateway_answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Reconciliation: when to ask CheckSMS next (NULL: no more), and how it went so far.
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    check_errors: Mapped[int] = mapped_column(Integer, default=0)
+    last_check_result: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SendNumber(Base):
+    """One number of a send, in E.164, in the order given."""
+
+    __tablename__ = "send_numbers"
+
+    send_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True
+    )
+    mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger)
+
+
+class DeliveryCount(Base):
+    """Deliveries per 15-minute UTC grain of done_at, type, outcome and status word.
+
+    A rollup kept exact by triggers on deliveries (insert, update, delete), in the same
+    transaction as the change, so stats over months never scan deliveries. 15 minutes is the
+    grain every zone offset in use divides.
+    """
+
+    __tablename__ = "delivery_counts"
+
+    grain: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

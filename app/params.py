@@ -25,7 +25,10 @@ def parse_instant(field: str, value: str | None, zone: ZoneInfo) -> dt.datetime 
         raise invalid(field, "must be an ISO 8601 time, e.g. 2026-11-26T08:00:00+08:00") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
-    return when.astimezone(dt.UTC)
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:  # year 1 or 9999 pushed past the calendar by the zone offset
+        raise invalid(field, "lies outside the years 1 to 9999") from None
 
 
 def parse_mobile(value: str | None, field: str = "mobile") -> str | None:

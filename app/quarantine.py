@@ -1,15 +1,20 @@
-"""The quarantine: rejected callback requests kept whole, one row per identical request."""
+"""The quarantine: rejected callback requests kept whole, listed, and replayed."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.callback import CallbackRejected, ParsedReport, parse_callback
 from app.db import insert_for
+from app.ingest import IngestRefused, IngestUnavailable, Writer, is_connectivity_error
 from app.models import Rejected
 
 REJECTED = Rejected.__table__
@@ -70,3 +75,72 @@ async def quarantine(
             },
         )
         return int(result.scalar_one())
+
+
+async def list_rejected(
+    session: AsyncSession,
+    limit: int,
+    *,
+    reason: str | None = None,
+    before_id: int | None = None,
+    after_id: int | None = None,
+    include_replayed: bool = True,
+) -> Sequence[Rejected]:
+    """Quarantined rows: newest first below `before_id`, or oldest first above `after_id`."""
+    stmt = select(Rejected)
+    if reason is not None:
+        stmt = stmt.where(Rejected.reason == reason)
+    if not include_replayed:
+        stmt = stmt.where(Rejected.replayed_at.is_(None))
+    if after_id is not None:
+        stmt = stmt.where(Rejected.id > after_id).order_by(Rejected.id)
+    else:
+        if before_id is not None:
+            stmt = stmt.where(Rejected.id < before_id)
+        stmt = stmt.order_by(Rejected.id.desc())
+    return (await session.scalars(stmt.limit(limit))).all()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """A replay either stored its report (`new` is False for a duplicate) or found errors."""
+
+    report: ParsedReport | None
+    new: bool = False
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+async def replay(
+    engine: AsyncEngine, writer: Writer, zone: ZoneInfo, row: Rejected
+) -> ReplayResult:
+    """Validate a quarantined request again as of its receipt and store it the usual way.
+
+    The report goes through the writer, so dedup and the ordering rule are the callback's
+    own; a second replay is a duplicate. IngestUnavailable propagates when the database is
+    away (the report may or may not be stored; a retry is safe either way).
+    """
+    try:
+        report = parse_callback(
+            row.content_type, row.body, row.query.encode("latin-1"), zone, row.received_at
+        )
+    except CallbackRejected as rejected:
+        return ReplayResult(None, errors=rejected.errors)
+    try:
+        new = await writer.submit(report, row.received_at)
+    except IngestRefused as exc:
+        return ReplayResult(
+            None, errors=[{"field": "report", "message": f"the database refused it ({exc})"}]
+        )
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(Rejected)
+                .where(Rejected.id == row.id)
+                .values(replayed_at=dt.datetime.now(dt.UTC))
+            )
+    except Exception as exc:
+        # The report is stored; replaying again later is a harmless duplicate.
+        if is_connectivity_error(exc):
+            raise IngestUnavailable("database") from exc
+        raise
+    return ReplayResult(report, new=new)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
+import math
 import re
 from functools import lru_cache
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -17,12 +19,40 @@ NetworkList = Annotated[list[IPNetwork], NoDecode]
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]+")
 DEFAULT_DATABASE_URL = "sqlite:///./data/mboxii-dlr.db"
+DEFAULT_MBOXII_BASE_URL = "http://op.mboxii.com/api/"
+_NUM = r"(\d+(?:\.\d+)?)"
+_DURATION_RE = re.compile(rf"(?:{_NUM}d)?(?:{_NUM}h)?(?:{_NUM}m)?(?:{_NUM}s)?")
 
 
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def parse_duration(value: object) -> object:
+    """Seconds (`90`, `1.5`) or a duration such as `30m`, `1h30m`, `2d`, `500ms`; other
+    values (a timedelta, ISO 8601 `PT30M`) are left to pydantic."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return dt.timedelta(seconds=value)
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower().replace(" ", "")
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return dt.timedelta(seconds=seconds) if math.isfinite(seconds) else value
+    if text.endswith("ms") and text[:-2].replace(".", "", 1).isdigit():
+        return dt.timedelta(milliseconds=float(text[:-2]))
+    match = _DURATION_RE.fullmatch(text)
+    if text and match:
+        days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+        return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if text.lstrip("-").startswith("p"):
+        return value.strip().upper()  # ISO 8601, for pydantic to read
+    raise ValueError("must be seconds or a duration such as 90s, 30m, 1h30m or 2d")
 
 
 class Settings(BaseSettings):
@@ -53,8 +83,22 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=200)
 
+    # The gateway account: set it to send through MboxII (/v1/messages) and reconcile.
+    mboxii_cid: str = ""
+    mboxii_cpw: SecretStr = SecretStr("")
+    mboxii_base_url: str = DEFAULT_MBOXII_BASE_URL
+    mboxii_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    public_url: str = ""
+    reconcile_after: dt.timedelta = dt.timedelta(minutes=30)
+    reconcile_interval: dt.timedelta = dt.timedelta(seconds=60)
+    reconcile_give_up_after: dt.timedelta = dt.timedelta(days=3)
+    reconcile_backoff_max: dt.timedelta = dt.timedelta(hours=1)
+    reconcile_rate: float = Field(default=2.0, gt=0, le=1000)
+    reconcile_concurrency: int = Field(default=2, ge=1, le=64)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "console"
+    access_log: bool = True
 
     host: str = "0.0.0.0"  # noqa: S104 - a server inside a container listens on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)
@@ -86,6 +130,49 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not a CIDR network list: {exc}") from None
         return parts
+
+    @field_validator(
+        "reconcile_after",
+        "reconcile_interval",
+        "reconcile_give_up_after",
+        "reconcile_backoff_max",
+        mode="before",
+    )
+    @classmethod
+    def _parse_duration(cls, value: object) -> object:
+        return parse_duration(value)
+
+    @field_validator(
+        "reconcile_after", "reconcile_interval", "reconcile_give_up_after", "reconcile_backoff_max"
+    )
+    @classmethod
+    def _check_duration(cls, value: dt.timedelta) -> dt.timedelta:
+        if value <= dt.timedelta(0):
+            raise ValueError("must be a positive duration, e.g. 90 (seconds), 30m, 1h30m or 2d")
+        return value
+
+    @field_validator("mboxii_base_url", "public_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        value = value.strip()
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return value
+
+    @field_validator("mboxii_cid")
+    @classmethod
+    def _check_cid(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.isprintable():
+            raise ValueError("the account name must be printable text")
+        return value
 
     @field_validator("callback_tokens")
     @classmethod
@@ -144,6 +231,44 @@ class Settings(BaseSettings):
                     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _check_account(self) -> Settings:
+        has_cid = bool(self.mboxii_cid)
+        has_cpw = bool(self.mboxii_cpw.get_secret_value())
+        if has_cid != has_cpw:
+            raise ValueError(
+                "the MboxII account needs both DLR_MBOXII_CID and DLR_MBOXII_CPW "
+                "(or neither, to only receive reports)"
+            )
+        if not has_cid:
+            return self
+        if not self.api_keys:
+            raise ValueError(
+                "a configured MboxII account (DLR_MBOXII_CID) refuses to start without "
+                "DLR_API_KEYS: POST /v1/messages would let anyone send SMS on your account. "
+                "Set DLR_API_KEYS to a long random secret (for example "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        if not self.public_url:
+            raise ValueError(
+                "a configured MboxII account needs DLR_PUBLIC_URL, the base URL at which the "
+                "gateway reaches this service (e.g. https://dlr.example.com): it becomes the "
+                "callback URL (Value) of every send"
+            )
+        return self
+
+    @property
+    def mboxii_configured(self) -> bool:
+        """True when a gateway account is set: sending and reconciliation are on."""
+        return bool(self.mboxii_cid)
+
+    @property
+    def callback_url(self) -> str:
+        """The `Value` URL given to the gateway: our public URL, the callback path and the
+        first token (the bare path when no token is set)."""
+        base = self.public_url.rstrip("/") + "/callbacks/mboxii"
+        return f"{base}/{self.callback_tokens[0]}" if self.callback_tokens else base
 
     @property
     def zone(self) -> ZoneInfo:

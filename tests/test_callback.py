@@ -15,6 +15,7 @@ from app.callback import (
     CallbackRejected,
     mask_mobile,
     normalize_mobile,
+    normalize_mobile_phonenumbers,
     parse_callback,
     parse_donetime,
 )
@@ -154,6 +155,18 @@ def test_mobile_accepted_forms(value: str) -> None:
 )
 def test_mobile_rejected(value: str) -> None:
     assert normalize_mobile(value) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.from_regex(r"(\+?886 ?0?|0)?9[0-9 .\-]{8,11}", fullmatch=True),
+        st.from_regex(r"\+?[0-9 .\-]{0,16}", fullmatch=True),
+        st.text(max_size=20),
+    )
+)
+def test_fast_mobile_path_agrees_with_phonenumbers(value: str) -> None:
+    assert normalize_mobile(value) == normalize_mobile_phonenumbers(value)
 
 
 def test_mask_mobile() -> None:

@@ -1,0 +1,134 @@
+"""Per-request context: request id, HTTP metrics by route template, and our access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.logging import REQUEST_ID
+from app.routes.callbacks import route_template
+from app.security import client_address
+
+access_log = logging.getLogger("mboxii_dlr.access")
+
+UNMATCHED = "unmatched"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# A caller's request id is passed on only when it is short and plain, so it cannot forge
+# log lines or headers.
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+_HEADER = b"x-request-id"
+
+
+def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The caller's X-Request-ID when it is sane, else None."""
+    for name, value in headers:
+        if name == _HEADER:
+            return value.decode("ascii") if _SANE_ID.fullmatch(value) else None
+    return None
+
+
+def route_label(scope: Scope) -> str:
+    """The route template that served the request; never the raw path (it holds tokens
+    and ids), and one fixed label for paths that matched nothing."""
+    route = scope.get("route")
+    if route is not None:
+        template = getattr(route, "path_format", None)
+        if isinstance(template, str):
+            return template
+    return route_template(scope["path"]) or UNMATCHED
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (X-Request-ID, echoed in the response and set for log
+    lines), counts and times it by route template, and writes one access log line.
+
+    Pure ASGI and lean: it wraps every callback, whose throughput is measured."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        id_header = (_HEADER, request_id.encode("ascii"))
+        status = 500  # what the client sees when the app fails before it answers
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        context = REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            route = route_label(scope)
+            self._observe(method, route, status, elapsed)
+            if access_log.isEnabledFor(logging.INFO) and self.state.settings.access_log:
+                self._log_access(scope, method, route, status, elapsed)
+            REQUEST_ID.reset(context)
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            # Label lookups take a lock and hash the values; each series is looked up once.
+            metrics = self.state.metrics
+            series = (
+                metrics.http_requests.labels(method, route, str(status)),
+                metrics.http_seconds.labels(method, route),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(elapsed)
+
+    def _log_access(
+        self, scope: Scope, method: str, route: str, status: int, elapsed: float
+    ) -> None:
+        # A matched path is shown only as its template. An unmatched one is shown as it came,
+        # less any callback token a misconfigured caller put in it (the formatter masks
+        # numbers). The query string is never logged.
+        path = route
+        if route == UNMATCHED:
+            path = scope["path"][:200]
+            for token in self.state.settings.callback_tokens:
+                path = path.replace(token, "***")
+        client = scope.get("client")
+        forwarded = None
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded = value.decode("latin-1")
+                break
+        address = client_address(
+            client[0] if client else None, forwarded, self.state.settings.trusted_proxies
+        )
+        duration_ms = round(elapsed * 1000, 2)
+        access_log.info(
+            "%s %s %d %.2fms",
+            method,
+            path,
+            status,
+            duration_ms,
+            extra={
+                "method": method,
+                "route": path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "client": address,
+            },
+        )
