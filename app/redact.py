@@ -93,11 +93,13 @@ def clean_record(record: logging.LogRecord) -> logging.LogRecord:
     if _redactor(message) != message:  # a secret put together by the formatting itself
         record.msg, record.args = _redactor(message), ()
     if record.exc_info and record.exc_info[0] is not None:
-        # Driver errors quote SQL and rows; format the traceback now, redacted, and keep
-        # only that, so no formatter prints the raw exception text.
-        record.exc_text = _redactor("".join(traceback.format_exception(*record.exc_info)))
-        record.exc_text = record.exc_text.rstrip("\n")
-        record.exc_info = None
+        # Driver errors quote SQL and rows. When the traceback holds something to hide, keep
+        # only its redacted text (formatters print exc_text), so no formatter prints the raw
+        # exception.
+        raw = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        if _redactor(raw) != raw:
+            record.exc_text = _redactor(raw)
+            record.exc_info = None
     if record.stack_info:
         record.stack_info = _redactor(record.stack_info)
     return record

@@ -1,4 +1,4 @@
-"""Retention: delete old deliveries with all their reports, and old quarantine rows, in batches."""
+"""Retention: delete old deliveries with all their reports, old sends and quarantine rows."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, delete, select, tuple_
+from sqlalchemy import Table, delete, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import Delivery, Rejected, Report
+from app.models import Delivery, Rejected, Report, Send, SendNumber
 
 log = logging.getLogger("mboxii_dlr.retention")
 
 DELIVERIES = cast(Table, Delivery.__table__)
 REPORTS = cast(Table, Report.__table__)
 REJECTED = cast(Table, Rejected.__table__)
+SENDS = cast(Table, Send.__table__)
+SEND_NUMBERS = cast(Table, SendNumber.__table__)
 
 CLI_BATCH = 5000
 # The running service purges beside ingest: small transactions, so a callback that needs
@@ -34,11 +36,12 @@ class PurgeResult:
     deliveries: int = 0
     reports: int = 0
     rejected: int = 0
+    sends: int = 0
 
     def describe(self) -> str:
         return (
             f"{self.deliveries} deliveries, {self.reports} reports, "
-            f"{self.rejected} quarantined requests"
+            f"{self.rejected} quarantined requests, {self.sends} sends"
         )
 
 
@@ -55,7 +58,8 @@ async def purge(
     progress: Callable[[PurgeResult], None] | None = None,
 ) -> PurgeResult:
     """Delete every delivery last heard of before `cutoff` together with its reports, then
-    the quarantine rows last seen before it; each batch is one transaction."""
+    the quarantine rows last seen before it, then the sends made and due before it (with
+    their numbers); each batch is one transaction."""
     result = PurgeResult()
     after: tuple[str, str] | None = None
     while True:
@@ -100,6 +104,33 @@ async def purge(
                 delete(REJECTED).where(REJECTED.c.id.in_(ids), REJECTED.c.last_seen_at < cutoff)
             )
             result.rejected += gone.rowcount
+        if progress is not None:
+            progress(result)
+        if pause:
+            await asyncio.sleep(pause)
+
+    after_id = 0
+    while True:
+        async with engine.begin() as connection:
+            ids = (
+                await connection.scalars(
+                    select(SENDS.c.id)
+                    .where(
+                        SENDS.c.id > after_id,
+                        SENDS.c.created_at < cutoff,
+                        # a send scheduled past the cutoff still has reports to come
+                        or_(SENDS.c.send_at.is_(None), SENDS.c.send_at < cutoff),
+                    )
+                    .order_by(SENDS.c.id)
+                    .limit(batch_size)
+                )
+            ).all()
+            if not ids:
+                break
+            after_id = ids[-1]
+            await connection.execute(delete(SEND_NUMBERS).where(SEND_NUMBERS.c.send_id.in_(ids)))
+            gone = await connection.execute(delete(SENDS).where(SENDS.c.id.in_(ids)))
+            result.sends += gone.rowcount
         if progress is not None:
             progress(result)
         if pause:
@@ -157,7 +188,7 @@ async def purge_periodically(
                 "retention purge failed (%s); next try in %.0fs", exc.__class__.__name__, interval
             )
         else:
-            if result.deliveries or result.rejected:
+            if result.deliveries or result.rejected or result.sends:
                 log.info(
                     "retention: deleted %s older than %s", result.describe(), cutoff.isoformat()
                 )

@@ -163,7 +163,8 @@ def table_counts(database_url: str) -> dict[str, int]:
 
 
 def consistency_problems(database_url: str) -> list[Any]:
-    """Reports without their delivery, deliveries without reports, or a wrong report count."""
+    """Reports without their delivery, deliveries with a wrong report count, or a stats
+    rollup that disagrees with the deliveries."""
     orphans = text(
         "SELECT r.msgid, r.mobile FROM reports r LEFT JOIN deliveries d "
         "ON d.msgid = r.msgid AND d.mobile = r.mobile WHERE d.msgid IS NULL"
@@ -174,6 +175,12 @@ def consistency_problems(database_url: str) -> list[Any]:
         "FROM deliveries d WHERE d.reports <> "
         "(SELECT count(*) FROM reports r WHERE r.msgid = d.msgid AND r.mobile = d.mobile)"
     )
-    return asyncio.run(_query(database_url, orphans)) + asyncio.run(
-        _query(database_url, miscounted)
+    # the stats rollup, kept by triggers, agrees with what is left
+    rollup = text(
+        "SELECT (SELECT count(*) FROM deliveries) AS deliveries, "
+        "(SELECT coalesce(sum(count), 0) FROM delivery_counts) AS counted"
     )
+    problems = asyncio.run(_query(database_url, orphans))
+    problems += asyncio.run(_query(database_url, miscounted))
+    problems += [row for row in asyncio.run(_query(database_url, rollup)) if row[0] != row[1]]
+    return problems

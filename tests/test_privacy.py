@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app import redact
+from app.logging import JsonFormatter
 from tests.conftest import LiveServer, report
 
 TOKEN = "tok-Secret-4f9a2c7e"
@@ -134,6 +135,10 @@ def test_redaction_of_records_from_any_logger(caplog: pytest.LogCaptureFixture) 
         assert "to 0922***529" in text
         assert "number 0922***529" in text
         assert "ValueError: row (0922***529, ***)" in text
+        # the JSON format prints the redacted traceback too
+        line = json.loads(JsonFormatter().format(caplog.records[-1]))
+        assert "ValueError: row (0922***529, ***)" in line["exception"]
+        assert leaks(json.dumps(line)) == []
         assert json.dumps(redact.redact("ids 208217564 and 20031105123456 stay"))
         assert redact.redact("ids 208217564 and 20031105123456 stay") == (
             "ids 208217564 and 20031105123456 stay"

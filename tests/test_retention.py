@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 
 from app.db import create_engine
-from app.models import Delivery, Rejected, Report
+from app.models import Delivery, Rejected, Report, Send, SendNumber
 from app.retention import PurgeResult, _delete_deliveries, cutoff_for, purge
 from tests.conftest import ROOT, clean_postgres, make_settings, report, running_app
 from tests.helpers import (
@@ -57,9 +57,51 @@ async def age(database_url: str, msgids: list[str], rejected_ids: list[int] = ()
         await engine.dispose()
 
 
+async def seed_sends(database_url: str) -> None:
+    """Sends with their numbers: two made long ago, one made long ago for a time still
+    to come, one made now."""
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        ("old-1", OLD, None),
+        ("old-2", OLD, OLD + dt.timedelta(hours=1)),
+        ("old-for-later", OLD, now + dt.timedelta(days=1)),
+        ("new-1", now, None),
+    ]
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            for batch_id, created_at, send_at in rows:
+                send_id = (
+                    await conn.execute(
+                        insert(Send)
+                        .values(
+                            batch_id=batch_id,
+                            type="now" if send_at is None else "scheduled",
+                            language="utf8",
+                            text="hello",
+                            send_at=send_at,
+                            gateway_answer="00",
+                            created_at=created_at,
+                            checks=0,
+                            check_errors=0,
+                        )
+                        .returning(Send.id)
+                    )
+                ).scalar_one()
+                await conn.execute(
+                    insert(SendNumber),
+                    [
+                        {"send_id": send_id, "mobile": "+886922161529", "position": 0},
+                        {"send_id": send_id, "mobile": "+886912345678", "position": 1},
+                    ],
+                )
+    finally:
+        await engine.dispose()
+
+
 async def seed(database_url: str, client: httpx.AsyncClient) -> dict[str, Any]:
     """Old and new deliveries with two reports each, one delivery whose first report is old
-    and whose last is new, and old and new quarantine rows."""
+    and whose last is new, old and new quarantine rows, and old and new sends."""
     old = [f"old{i}" for i in range(7)]
     new = [f"new{i}" for i in range(4)]
     bodies = [report(msgid=m, statusstr=w) for m in old + new for w in ("ENROUTE", "DELIVRD")]
@@ -70,7 +112,19 @@ async def seed(database_url: str, client: httpx.AsyncClient) -> dict[str, Any]:
         rejected.append(r.json()["rejected_id"])
     await age(database_url, [*old, "mixed"], rejected[:3])
     assert (await client.post(CB, data=report(msgid="mixed"))).status_code == 200
+    await seed_sends(database_url)
     return {"old": old, "new": new, "rejected": rejected}
+
+
+async def sends_left(database_url: str) -> tuple[set[str], int]:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            batches = set((await conn.scalars(select(Send.batch_id))).all())
+            numbers = len((await conn.execute(select(SendNumber.send_id))).all())
+    finally:
+        await engine.dispose()
+    return batches, numbers
 
 
 async def test_purge_deletes_old_deliveries_with_their_reports_in_batches(
@@ -81,10 +135,12 @@ async def test_purge_deletes_old_deliveries_with_their_reports_in_batches(
         seen: list[PurgeResult] = []
 
         def progress(result: PurgeResult) -> None:
-            seen.append(PurgeResult(result.deliveries, result.reports, result.rejected))
+            seen.append(
+                PurgeResult(result.deliveries, result.reports, result.rejected, result.sends)
+            )
 
         result = await purge(app.state.engine, cutoff_for(30), batch_size=2, progress=progress)
-        assert (result.deliveries, result.reports, result.rejected) == (7, 14, 3)
+        assert (result.deliveries, result.reports, result.rejected, result.sends) == (7, 14, 3, 2)
         # progress came batch by batch, counting up
         assert len(seen) >= 4
         assert [p.deliveries for p in seen] == sorted(p.deliveries for p in seen)
@@ -99,6 +155,7 @@ async def test_purge_deletes_old_deliveries_with_their_reports_in_batches(
         # a delivery heard of recently keeps its whole history, old reports included
         assert len(mixed) == 2
         assert ids == set(data["rejected"][3:])
+        assert await sends_left(database_url) == ({"old-for-later", "new-1"}, 4)
         assert (await async_table_counts(database_url)) == {
             "reports": 10,
             "deliveries": 5,
@@ -106,7 +163,7 @@ async def test_purge_deletes_old_deliveries_with_their_reports_in_batches(
         }
         # nothing left to do the second time
         again = await purge(app.state.engine, cutoff_for(30))
-        assert (again.deliveries, again.reports, again.rejected) == (0, 0, 0)
+        assert (again.deliveries, again.reports, again.rejected, again.sends) == (0, 0, 0, 0)
         assert (await client.get("/v1/deliveries/old0")).status_code == 404
         assert (await client.get("/v1/deliveries/new0")).json()["reports"] == 2
     assert (await asyncio.to_thread(consistency_problems, database_url)) == []
@@ -198,7 +255,7 @@ async def test_purge_command(database_url: str, app_factory: Any) -> None:
     # nothing is 50 days old
     done = await asyncio.to_thread(_purge_cli, database_url, DLR_RETENTION_DAYS="50")
     assert done.returncode == 0, done.stderr
-    assert "done: deleted 0 deliveries, 0 reports, 0 quarantined requests" in done.stdout
+    assert "done: deleted 0 deliveries, 0 reports, 0 quarantined requests, 0 sends" in done.stdout
 
     done = await asyncio.to_thread(
         _purge_cli, database_url, "--older-than", "30", "--batch-size", "3"
@@ -209,10 +266,13 @@ async def test_purge_command(database_url: str, app_factory: Any) -> None:
     counts = [int(line.split()[3]) for line in progress]  # deliveries deleted so far
     assert counts == sorted(counts)
     assert all(b - a <= 3 for a, b in zip([0, *counts], counts, strict=False))
-    assert progress[-1] == "deleted so far: 7 deliveries, 14 reports, 3 quarantined requests"
-    assert "done: deleted 7 deliveries, 14 reports, 3 quarantined requests" in done.stdout
+    assert progress[-1] == (
+        "deleted so far: 7 deliveries, 14 reports, 3 quarantined requests, 2 sends"
+    )
+    assert "done: deleted 7 deliveries, 14 reports, 3 quarantined requests, 2 sends" in done.stdout
     assert (await asyncio.to_thread(stored_msgids, database_url)) == {*data["new"], "mixed"}
     assert (await asyncio.to_thread(table_counts, database_url))["rejected"] == 2
+    assert await sends_left(database_url) == ({"old-for-later", "new-1"}, 4)
     assert (await asyncio.to_thread(consistency_problems, database_url)) == []
 
 

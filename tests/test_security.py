@@ -353,4 +353,4 @@ async def test_callback_answers_stay_minimal(client: httpx.AsyncClient) -> None:
     ]
     assert [r.status_code for r in answers] == [200, 404, 422]
     for r in answers:
-        assert set(r.headers) <= {"content-type", "content-length"}, r.headers
+        assert set(r.headers) <= {"content-type", "content-length", "x-request-id"}, r.headers
