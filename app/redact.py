@@ -17,8 +17,10 @@ MASK = "***"
 SUBSTRING_MIN = 8
 _URL_SAFE = "A-Za-z0-9._~-"
 # Whatever follows the callback path is a token, right or wrong (a near miss of the real one
-# is as secret): masked in any text.
-_CALLBACK_TOKEN_RE = re.compile(re.escape(CALLBACK_PREFIX) + r"/[^/\s?#\"'<>]+")
+# is as secret): masked in any text. The route template's `{token}` stays.
+_CALLBACK_TOKEN_RE = re.compile(
+    re.escape(CALLBACK_PREFIX) + r"/(?!\{token\}(?![^/\s?#\"'<>]))[^/\s?#\"'<>]+"
+)
 # A Taiwan mobile number in any spelling the gateway uses (0912345678, +886912345678,
 # 886912345678, 912345678, +886 0912345678, with spaces, dashes or dots), not inside a longer
 # run of digits.
