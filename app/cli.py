@@ -408,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    redact.install([*settings.callback_tokens, *settings.api_keys])
+    redact.install(settings.secret_values)
     func: Command = args.func
     return func(args, settings)
 

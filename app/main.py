@@ -79,7 +79,7 @@ def create_app(
                 "without a secret; set tokens before exposing this service"
             )
         # Each worker process builds its app here, so these hold for every worker.
-        redact.install([*settings.callback_tokens, *settings.api_keys])
+        redact.install(settings.secret_values)
         install_overload_answer(settings.retry_after_seconds)
         writer.start()
         purger: asyncio.Task[None] | None = None

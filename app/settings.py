@@ -274,6 +274,16 @@ class Settings(BaseSettings):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.gateway_timezone)
 
+    @property
+    def secret_values(self) -> list[str]:
+        """Every secret of the configuration, which no log line may show."""
+        return [
+            *self.callback_tokens,
+            *self.api_keys,
+            self.mboxii_cpw.get_secret_value(),
+            self.cursor_secret,
+        ]
+
 
 class SettingsError(Exception):
     """A setting has a bad value; the message names the variable and the problem."""

@@ -14,13 +14,15 @@ import pytest
 
 from app import redact
 from app.logging import JsonFormatter
-from tests.conftest import LiveServer, report
+from tests.conftest import LiveServer, free_port, report
 
 TOKEN = "tok-Secret-4f9a2c7e"
 TOKEN2 = "second.token~77"
 KEY = "apikey-0b5e6d1f9c"
 KEY2 = "other-key-8a8a8a"
-SECRETS = (TOKEN, TOKEN2, KEY, KEY2)
+GATEWAY_PASSWORD = "gw-Pass-77c1e0aa"
+CURSOR_SECRET = "cursor-signing-9d2f1b"
+SECRETS = (TOKEN, TOKEN2, KEY, KEY2, GATEWAY_PASSWORD, CURSOR_SECRET)
 # The seed's number in every spelling a log could carry; "922161529" is inside all of them.
 RAW_NUMBERS = ("0922161529", "+886922161529", "922161529", "886922161529", "0922-161-529")
 
@@ -63,6 +65,12 @@ def drive(server: LiveServer) -> list[int]:
         go("GET", f"{d}/208217564", headers={"authorization": f"Bearer {TOKEN}"})
         go("GET", f"{d}/208217564", headers={"x-api-key": KEY + "x"})
         go("GET", f"{d}/208217564?api_key={KEY}")
+        go("GET", f"{d}", params={"mobile": "0922161529", "limit": "1"}, headers={"x-api-key": KEY})
+        go("GET", f"{server.url}/v1/rejected", headers={"x-api-key": KEY})
+        # sending through a gateway that does not answer (its password is in every request)
+        message = {"numbers": ["0922161529", "+886912345678"], "text": "code 0922161529"}
+        go("POST", f"{server.url}/v1/messages", json=message, headers={"x-api-key": KEY})
+        go("GET", f"{server.url}/v1/messages/123456", headers={"x-api-key": KEY})
         go("GET", f"{server.url}/readyz")
 
     # A burst beyond the one-report queue: some callbacks get 503.
@@ -106,9 +114,15 @@ def test_no_secret_or_number_in_logs_or_metrics(
         DLR_API_KEYS=f"{KEY},{KEY2}",
         DLR_INGEST_QUEUE_SIZE="1",
         DLR_INGEST_BATCH_DELAY_MS="200",
+        DLR_MBOXII_CID="account-1",
+        DLR_MBOXII_CPW=GATEWAY_PASSWORD,
+        DLR_MBOXII_BASE_URL=f"http://127.0.0.1:{free_port()}/api/",
+        DLR_CURSOR_SECRET=CURSOR_SECRET,
+        DLR_PUBLIC_URL="https://dlr.example.com",
     )
     seen = drive(server)
-    assert {200, 401, 404, 405, 413, 415, 422, 503} <= set(seen), sorted(set(seen))
+    # 502: the send through the gateway that does not answer
+    assert {200, 401, 404, 405, 413, 415, 422, 502, 503} <= set(seen), sorted(set(seen))
     metrics = httpx.get(server.url + "/metrics").text
     assert "mboxii_dlr_reports_received" in metrics
     assert leaks(metrics) == []
