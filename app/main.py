@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import __version__, redact
+from app import __version__, dashboard, redact
 from app.db import create_engine
 from app.errors import install_error_handlers
 from app.headers import SecurityHeadersMiddleware, page_csp
@@ -145,6 +145,8 @@ def create_app(
     for router in (stats.router, rejected.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
+    # The dashboard checks the same keys itself, through a login form and a session cookie.
+    app.include_router(dashboard.router)
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.
         app.include_router(messages.router, dependencies=v1)

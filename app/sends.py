@@ -123,6 +123,17 @@ async def unreported_numbers(session: AsyncSession, batch_id: str, type: str | N
     return int((await session.execute(stmt)).scalar_one())
 
 
+async def unreported_since(session: AsyncSession, since: dt.datetime) -> int:
+    """Numbers of the sends made since `since` (not cancelled) without any report yet."""
+    stmt = (
+        select(func.count())
+        .select_from(SendNumber)
+        .join(Send, Send.id == SendNumber.send_id)
+        .where(Send.created_at >= since, Send.cancelled_at.is_(None), ~_delivery_of(False))
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
 async def pending_numbers(session: AsyncSession, send_id: int) -> list[str]:
     """Numbers of one send that have no final report yet (what reconciliation asks about)."""
     stmt = (

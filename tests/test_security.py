@@ -354,3 +354,15 @@ async def test_callback_answers_stay_minimal(client: httpx.AsyncClient) -> None:
     assert [r.status_code for r in answers] == [200, 404, 422]
     for r in answers:
         assert set(r.headers) <= {"content-type", "content-length", "x-request-id"}, r.headers
+
+
+async def test_pages_keep_their_own_csp(client: httpx.AsyncClient) -> None:
+    """An HTML page that sets its own policy (the dashboard) keeps it; the other headers
+    are added."""
+    r = await client.get("/dashboard", follow_redirects=True)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    csp = _directives(r.headers["content-security-policy"])
+    assert csp["script-src"] == ["'self'"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"

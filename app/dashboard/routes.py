@@ -1,0 +1,296 @@
+"""The dashboard's views: overview and live figures, search, delivery, batch and quarantine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.aggregates import batch_summary
+from app.callback import (
+    DELIVERED_WORDS,
+    FAILED_WORDS,
+    NON_FINAL_WORDS,
+    CallbackRejected,
+    normalize_mobile,
+    parse_callback,
+)
+from app.dashboard import data
+from app.dashboard.charts import build_chart
+from app.dashboard.pages import (
+    PageError,
+    Viewer,
+    checked_form,
+    dashboard_router,
+    page,
+    redirect,
+    settings_of,
+)
+from app.dashboard.views import delivery_ref, national
+from app.db import SessionDep
+from app.ingest import IngestUnavailable
+from app.models import Rejected
+from app.quarantine import list_rejected, replay
+from app.queries import get_delivery
+from app.settings import Settings
+
+log = logging.getLogger("mboxii_dlr.dashboard")
+
+SEARCH_LIMIT = 100
+BATCH_LIMIT = 200
+REJECTED_PAGE = 50
+DEFAULT_REFRESH = 10
+
+router = dashboard_router()
+
+
+WORD_MEANINGS = {
+    "DELIVRD": "delivered to the handset",
+    "EXPIRED": "validity period expired",
+    "DELETED": "deleted",
+    "UNDELIV": "undeliverable",
+    "REJECTD": "rejected",
+    "SYNTAXE": "syntax error in the message",
+    "UNKNOWN": "invalid state",
+    "ACCEPTD": "accepted by customer service",
+    "ENROUTE": "on its way (not final)",
+}
+
+
+def word_kind(word: str) -> str:
+    if word in DELIVERED_WORDS:
+        return "delivered"
+    if word in FAILED_WORDS:
+        return "failed"
+    if word in NON_FINAL_WORDS:
+        return "pending"
+    return "other"
+
+
+async def figures_context(request: Request, session: SessionDep) -> dict[str, Any]:
+    settings = settings_of(request)
+    cache = getattr(request.app.state, "dashboard_cache", None)
+    if cache is None:  # one per application, so tests and replicas never share one
+        cache = request.app.state.dashboard_cache = data.OverviewCache()
+    overview = await cache.get(session, settings.zone)
+    hours, days = overview.hours, overview.days
+    words = sorted(set(hours["totals"]["by_status"]) | set(days["totals"]["by_status"]))
+    peak = max((hours["totals"]["by_status"].get(w, 0) for w in words), default=0)
+    statuses = [
+        {
+            "word": word,
+            "meaning": WORD_MEANINGS.get(word, "not documented"),
+            "kind": word_kind(word),
+            "hours": hours["totals"]["by_status"].get(word, 0),
+            "days": days["totals"]["by_status"].get(word, 0),
+            "share": hours["totals"]["by_status"].get(word, 0) / peak if peak else 0,
+        }
+        for word in words
+    ]
+    return {
+        "overview": overview,
+        "hours_chart": build_chart("hours", "Deliveries per hour, last 24 hours", hours, "hour"),
+        "days_chart": build_chart("days", "Deliveries per day, last 30 days", days, "day"),
+        "statuses": statuses,
+    }
+
+
+@router.get("/dashboard")
+async def show_dashboard(
+    request: Request,
+    session: SessionDep,
+    viewer: Viewer,
+    refresh: int = DEFAULT_REFRESH,
+) -> HTMLResponse:
+    """The overview: rates and volumes over time, status words, failures, quarantine."""
+    context = await figures_context(request, session)
+    refresh = min(max(refresh, 2), 3600)  # seconds between updates of the figures
+    return page(request, "overview.html", {**context, "refresh": refresh}, viewer)
+
+
+@router.get("/dashboard/fragments/figures")
+async def show_figures(request: Request, session: SessionDep, viewer: Viewer) -> HTMLResponse:
+    """The overview's figures alone, which the page fetches to update itself."""
+    return page(request, "_figures.html", await figures_context(request, session), viewer)
+
+
+# ---------------------------------------------------------------- search and views
+
+
+@router.get("/dashboard/search")
+async def search_deliveries(
+    request: Request, session: SessionDep, viewer: Viewer, q: str = ""
+) -> Response:
+    """Find a delivery by number (any accepted form), msgid or batch ID."""
+    query = q.strip()[:128]
+    if not query:
+        return redirect("/dashboard")
+    settings = settings_of(request)
+    mobile = normalize_mobile(query)
+    by_mobile = await data.deliveries_to(session, mobile, SEARCH_LIMIT + 1) if mobile else []
+    by_msgid = await data.deliveries_with_msgid(session, query, SEARCH_LIMIT + 1)
+    batch = await batch_summary(session, query)
+    found = [
+        kind for kind, hit in (("mobile", by_mobile), ("msgid", by_msgid), ("batch", batch)) if hit
+    ]
+    if found == ["batch"]:
+        return redirect(f"/dashboard/batches/{quote(query, safe='')}")
+    only = by_mobile if found == ["mobile"] else by_msgid if found == ["msgid"] else []
+    if len(only) == 1:
+        ref = delivery_ref(settings, only[0].mobile)
+        return redirect(f"/dashboard/deliveries/{quote(only[0].msgid, safe='')}?ref={ref}")
+    context = {
+        "query": query,
+        "mobile": national(mobile) if mobile else None,
+        "by_mobile": by_mobile[:SEARCH_LIMIT],
+        "by_msgid": by_msgid[:SEARCH_LIMIT],
+        "batch": batch,
+        "limit": SEARCH_LIMIT,
+        "more_mobile": len(by_mobile) > SEARCH_LIMIT,
+    }
+    return page(request, "search.html", context, viewer, 200 if found else 404)
+
+
+@router.get("/dashboard/deliveries/{msgid:path}")
+async def show_delivery(
+    request: Request,
+    session: SessionDep,
+    viewer: Viewer,
+    msgid: str,
+    ref: str | None = None,
+    reveal: bool = False,
+) -> HTMLResponse:
+    """One delivery: its current state and its history of reports; the number masked."""
+    settings = settings_of(request)
+    rows = await data.deliveries_with_msgid(session, msgid, SEARCH_LIMIT + 1)
+    if ref is not None:
+        rows = [d for d in rows if delivery_ref(settings, d.mobile) == ref]
+    if not rows:
+        raise PageError(404, "No such delivery", "No delivery has this msgid.")
+    if len(rows) > 1:
+        context: dict[str, Any] = {
+            "query": msgid,
+            "mobile": None,
+            "by_mobile": [],
+            "by_msgid": rows,
+            "batch": None,
+            "limit": SEARCH_LIMIT,
+            "more_mobile": False,
+        }
+        return page(request, "search.html", context, viewer)
+    delivery = rows[0]
+    detail = await get_delivery(session, delivery.msgid, delivery.mobile)
+    if reveal:
+        # Who saw a number is worth knowing; the number itself stays out of the logs.
+        log.info("dashboard: number of delivery msgid=%r revealed (key %s)", msgid, viewer.key_id)
+    context = {
+        "delivery": delivery,
+        "history": detail["history"],
+        "reveal": reveal,
+        "ref": delivery_ref(settings, delivery.mobile),
+    }
+    return page(request, "delivery.html", context, viewer)
+
+
+@router.get("/dashboard/batches/{batch_id:path}")
+async def show_batch(
+    request: Request, session: SessionDep, viewer: Viewer, batch_id: str
+) -> HTMLResponse:
+    """One send (batch ID): its counts by outcome and status word, and its deliveries."""
+    summary = await batch_summary(session, batch_id)
+    if summary is None:
+        raise PageError(404, "No such batch", "No report names this batch ID.")
+    deliveries = await data.batch_deliveries(session, batch_id, BATCH_LIMIT)
+    context = {"summary": summary, "deliveries": deliveries, "limit": BATCH_LIMIT}
+    return page(request, "batch.html", context, viewer)
+
+
+# ---------------------------------------------------------------- quarantine
+
+
+def request_text(row: Rejected) -> str:
+    """The stored request as text (bytes that are not UTF-8 shown as replacement marks)."""
+    lines = [f"{row.method} ?{row.query}" if row.query else row.method]
+    if row.content_type:
+        lines.append(f"Content-Type: {row.content_type}")
+    text = "\n".join(lines)
+    if row.body:
+        text += "\n\n" + row.body[:4000].decode("utf-8", "replace")
+        if len(row.body) > 4000:
+            text += f"\n… ({len(row.body)} bytes in all)"
+    return text
+
+
+def current_errors(row: Rejected, settings: Settings) -> list[dict[str, str]]:
+    """What validation says of a quarantined request today, as a replay would see it."""
+    try:
+        parse_callback(
+            row.content_type, row.body, row.query.encode("latin-1"), settings.zone, row.received_at
+        )
+    except CallbackRejected as rejected:
+        return rejected.errors
+    return []
+
+
+@router.get("/dashboard/rejected")
+async def list_rejected_requests(
+    request: Request,
+    session: SessionDep,
+    viewer: Viewer,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    replayed: Annotated[int | None, Query(ge=1)] = None,
+    result: str | None = None,
+    msgid: str | None = None,
+    ref: str | None = None,
+) -> HTMLResponse:
+    """The quarantine, newest first, with a replay button for each request."""
+    rows: Sequence[Rejected] = await list_rejected(session, REJECTED_PAGE + 1, before_id=before)
+    notice: dict[str, Any] | None = None
+    if replayed is not None:
+        notice = {"id": replayed, "result": result, "msgid": msgid, "ref": ref, "errors": []}
+        if result == "invalid":
+            row = await session.get(Rejected, replayed)
+            if row is not None:
+                notice["errors"] = current_errors(row, settings_of(request))
+    counts = await data.quarantine_counts(session)
+    context = {
+        "rows": rows[:REJECTED_PAGE],
+        "older": rows[REJECTED_PAGE - 1].id if len(rows) > REJECTED_PAGE else None,
+        "request_text": request_text,
+        "notice": notice,
+        "counts": counts,
+    }
+    return page(request, "rejected.html", context, viewer)
+
+
+@router.post("/dashboard/rejected/{id}/replay")
+async def replay_request(
+    request: Request, session: SessionDep, viewer: Viewer, id: int
+) -> RedirectResponse:
+    """Validate a quarantined request again and store its report when it now passes."""
+    await checked_form(request, viewer)
+    row = await session.get(Rejected, id)
+    if row is None:
+        raise PageError(404, "No such request", f"The quarantine holds no request #{id}.")
+    state = request.app.state
+    try:
+        outcome = await replay(state.engine, state.writer, state.settings.zone, row)
+    except IngestUnavailable:
+        raise PageError(
+            503,
+            "Storage unavailable",
+            "The database does not answer; nothing was stored. Try again in a moment.",
+        ) from None
+    params = {"replayed": str(id)}
+    if outcome.report is None:
+        params["result"] = "invalid"
+    else:
+        params["result"] = "stored" if outcome.new else "duplicate"
+        params["msgid"] = outcome.report.msgid
+        params["ref"] = delivery_ref(state.settings, outcome.report.mobile)
+    log.info("dashboard: quarantined request #%d replayed: %s", id, params["result"])
+    return redirect("/dashboard/rejected?" + urlencode(params) + f"#rejected-{id}")
