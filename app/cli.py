@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import redact
 from app.logging import configure_logging, logging_config
 from app.settings import Settings, SettingsError, load_settings
 
@@ -54,6 +55,41 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     upgrade(settings.database_url, getattr(args, "revision", None) or "head")
     log.info("database schema is at the newest migration")
     return 0
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete deliveries (with their reports) and quarantined requests older than DAYS."""
+
+    from app.db import create_engine
+    from app.retention import PurgeResult, cutoff_for, purge
+
+    days = args.older_than if args.older_than is not None else settings.retention_days
+    if days is None:
+        print("mboxii-dlr purge: give --older-than DAYS or set DLR_RETENTION_DAYS", file=sys.stderr)
+        return 2
+    cutoff = cutoff_for(days)
+    print(f"deleting what was last received before {cutoff.isoformat(timespec='seconds')}")
+
+    def progress(result: PurgeResult) -> None:
+        print(f"deleted so far: {result.describe()}", flush=True)
+
+    async def run() -> PurgeResult:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await purge(engine, cutoff, batch_size=args.batch_size, progress=progress)
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(run())
+    print(f"done: deleted {result.describe()}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
@@ -274,6 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.set_defaults(func=cmd_migrate)
 
+    purge = sub.add_parser("purge", help=cmd_purge.__doc__)
+    purge.add_argument(
+        "--older-than",
+        type=_positive_int,
+        metavar="DAYS",
+        help="age in days of the newest report of what goes (default DLR_RETENTION_DAYS)",
+    )
+    purge.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=5000,
+        help="deliveries per transaction (default 5000)",
+    )
+    purge.set_defaults(func=cmd_purge)
+
     reconcile = sub.add_parser("reconcile", help=cmd_reconcile.__doc__)
     reconcile.add_argument(
         "--all",
@@ -357,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    redact.install(settings.secret_values)
     func: Command = args.func
     return func(args, settings)
 

@@ -84,7 +84,9 @@ def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) ->
         database = url.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True)
+        engine = create_async_engine(
+            url, echo=echo, pool_size=pool_size, pool_pre_ping=True, hide_parameters=True
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
@@ -93,6 +95,8 @@ def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) ->
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # Parameters are numbers and ids: keep them out of error messages and logs.
+        hide_parameters=True,
         pool_timeout=5,
         connect_args={
             "timeout": 5,

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -132,17 +132,24 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable for a read: %s", exc.__class__.__name__)
+    async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        away = not isinstance(exc, DBAPIError) or (
+            exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+        )
+        if not away:  # the database refused the query: a bug, not an outage
+            log.error("query failed (%s)", exc.__class__.__name__, exc_info=exc)
+            return JSONResponse({"error": "internal_error"}, status_code=500)
+        log.error("database unreachable (%s); answering 503", exc.__class__.__name__)
+        retry_after = str(request.app.state.settings.retry_after_seconds)
         return JSONResponse(
             {"error": "unavailable", "message": "the database is unreachable; retry later"},
             status_code=503,
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": retry_after},
         )
 
     app.add_exception_handler(ApiError, api_error)
-    for exc_type in (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError):
-        app.add_exception_handler(exc_type, database_unavailable)
+    for storage_exc in (DBAPIError, PoolTimeout, OSError):
+        app.add_exception_handler(storage_exc, storage_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
 

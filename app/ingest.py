@@ -301,7 +301,9 @@ class Writer:
         self._backoff = 0.0
         self._summary = {"stored": 0, "duplicates": 0, "batches": 0}
         self._summary_at = time.monotonic()
+        self._in_flight = 0
         metrics.queue_depth.set_function(lambda: len(self._queue))
+        metrics.in_flight.set_function(lambda: self._in_flight)
 
     @property
     def depth(self) -> int:
@@ -317,6 +319,8 @@ class Writer:
         if self._task is not None:
             await self._task
             self._task = None
+        if self._summary["batches"]:
+            self._log_summary()
 
     async def submit(
         self, report: ParsedReport, received_at: dt.datetime, source: str = "callback"
@@ -335,9 +339,11 @@ class Writer:
         # Past the deadline the sender gets 503; should the commit still land, the
         # gateway's retry is then a harmless duplicate.
         timer = loop.call_later(self.timeout, _fail, future, IngestUnavailable("timeout"))
+        self._in_flight += 1
         try:
             return await future
         finally:
+            self._in_flight -= 1
             timer.cancel()
 
     def _take(self) -> list[Job]:

@@ -10,6 +10,8 @@ import re
 from contextvars import ContextVar
 from typing import Any
 
+from app.redact import redact
+
 # Set by the request middleware for the time of one request; log lines written meanwhile
 # (in the same task) carry it.
 REQUEST_ID: ContextVar[str | None] = ContextVar("mboxii_dlr_request_id", default=None)
@@ -66,11 +68,15 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # already formatted (and redacted: app.redact)
+            line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         # Masking the finished line covers the message, the extras and the traceback alike;
         # JSON leaves digits, '+', ' ', '.' and '-' unescaped, so the pattern sees them.
-        return mask_numbers(json.dumps(line, default=str, ensure_ascii=False))
+        # Secrets are removed from each value first, before JSON could escape them.
+        line = {k: redact(v) if isinstance(v, str) else v for k, v in line.items()}
+        return mask_numbers(redact(json.dumps(line, default=str, ensure_ascii=False)))
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -85,7 +91,7 @@ class ConsoleFormatter(logging.Formatter):
         if not given:
             record.request_id = REQUEST_ID.get() or "-"
         try:
-            return mask_numbers(super().format(record))
+            return mask_numbers(redact(super().format(record)))
         finally:
             if not given:
                 del record.__dict__["request_id"]

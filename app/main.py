@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,16 +12,22 @@ from typing import Any
 import httpx
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import __version__, dashboard
+from app import __version__, dashboard, redact
 from app.db import create_engine
 from app.errors import install_error_handlers
+from app.headers import SecurityHeadersMiddleware, page_csp
 from app.ingest import Writer
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
+from app.overload import install_overload_answer
+from app.params import reject_nul
+from app.retention import purge_periodically
 from app.routes import callbacks, deliveries, messages, ops, rejected, stats
 from app.security import require_api_key
 from app.settings import Settings, get_settings
@@ -89,7 +97,19 @@ def create_app(
                 "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
                 "without a secret; set tokens before exposing this service"
             )
+        # Each worker process builds its app here, so these hold for every worker.
+        redact.install(settings.secret_values)
+        install_overload_answer(settings.retry_after_seconds)
         writer.start()
+        purger: asyncio.Task[None] | None = None
+        if settings.retention_days:
+            interval = settings.retention_interval_seconds
+            purger = asyncio.create_task(
+                purge_periodically(
+                    engine, settings.retention_days, interval, first_delay=min(30.0, interval)
+                ),
+                name="mboxii-dlr-retention",
+            )
         reconciler = None
         if settings.mboxii_configured:
             from app.mboxii import MboxiiClient
@@ -113,6 +133,10 @@ def create_app(
         try:
             yield
         finally:
+            if purger is not None:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
             if reconciler is not None:
                 await reconciler.stop()
                 await reconciler.client.aclose()
@@ -125,6 +149,10 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         redirect_slashes=False,
+        # /docs is served below with a CSP made for it; ReDoc would need another one.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -132,14 +160,15 @@ def create_app(
     install_error_handlers(app)
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
+    v1 = [Depends(require_api_key), Depends(reject_nul)]
     for router in (stats.router, rejected.router):
-        app.include_router(router, dependencies=[Depends(require_api_key)])
-    app.include_router(deliveries.router, dependencies=[Depends(require_api_key)])
+        app.include_router(router, dependencies=v1)
+    app.include_router(deliveries.router, dependencies=v1)
     # The dashboard checks the same keys itself, through a login form and a session cookie.
     app.include_router(dashboard.router)
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.
-        app.include_router(messages.router, dependencies=[Depends(require_api_key)])
+        app.include_router(messages.router, dependencies=v1)
     if settings.cors_origins:
         # Browser dashboards on other origins; preflights are answered here, before the
         # API key check, as browsers send them without credentials.
@@ -151,9 +180,26 @@ def create_app(
             expose_headers=["Content-Disposition", "Retry-After", "WWW-Authenticate"],
             max_age=600,
         )
+    # Callback answers stay minimal: they never pass through this stack (see DlrApp).
+    app.add_middleware(
+        SecurityHeadersMiddleware, no_store_prefixes=("/v1", "/healthz", "/readyz", "/metrics")
+    )
     # Added last, so it is the outermost; the callback gets its own copy (see DlrApp).
     app.add_middleware(RequestContextMiddleware, state=app.state)
     app.callback_app = RequestContextMiddleware(callbacks.CallbackEndpoint(app.state), app.state)
+
+    docs = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json",
+        title=f"{app.title} - API documentation",
+        # No validator badge: it would load an image from validator.swagger.io.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    docs_headers = {"Content-Security-Policy": page_csp(bytes(docs.body).decode())}
+
+    @app.get("/docs", include_in_schema=False)
+    async def get_docs() -> HTMLResponse:
+        """Serve the Swagger UI with a CSP that allows exactly what it loads."""
+        return HTMLResponse(bytes(docs.body), headers=docs_headers)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -91,6 +91,11 @@ class Metrics:
             "Reports waiting for the writer.",
             registry=r,
         )
+        self.in_flight = Gauge(
+            "mboxii_dlr_ingest_in_flight",
+            "Callbacks waiting for their report's commit (queued or in a batch being written).",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "mboxii_dlr_ingest_batch_size",
             "Reports per group commit.",

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logging import REQUEST_ID
 from app.routes.callbacks import PREFIX, ROUTE, route_template
-from app.security import client_address
+from app.security import client_address, forwarded_for
 
 access_log = logging.getLogger("mboxii_dlr.access")
 
@@ -127,13 +127,10 @@ class RequestContextMiddleware:
             for token in self.state.settings.callback_tokens:
                 path = path.replace(token, "***")
         client = scope.get("client")
-        forwarded = None
-        for name, value in scope["headers"]:
-            if name == b"x-forwarded-for":
-                forwarded = value.decode("latin-1")
-                break
         address = client_address(
-            client[0] if client else None, forwarded, self.state.settings.trusted_proxies
+            client[0] if client else None,
+            forwarded_for(scope["headers"]),
+            self.state.settings.trusted_proxies,
         )
         duration_ms = round(elapsed * 1000, 2)
         access_log.info(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+from fastapi import Request
+
 from app.callback import normalize_mobile
 from app.errors import InvalidParameters
 
@@ -37,3 +39,12 @@ def parse_mobile(value: str | None, field: str = "mobile") -> str | None:
     if mobile is None:
         raise invalid(field, "not a Taiwan mobile number (e.g. 0912345678 or +886912345678)")
     return mobile
+
+
+def reject_nul(request: Request) -> None:
+    """Refuse a NUL character anywhere in the path or the parameters with a 422: no stored
+    value contains one, and PostgreSQL refuses it in any text it is asked to compare."""
+    if "\x00" in request.url.path or any(
+        "\x00" in name or "\x00" in value for name, value in request.query_params.multi_items()
+    ):
+        raise invalid("request", "NUL characters are not allowed in the path or parameters")

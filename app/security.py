@@ -28,15 +28,21 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     elif text.count(":") == 1:  # v4:port
         text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return None  # a zone index means nothing beyond the proxy's own host
+    return address
 
 
 def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Iterable[IPNetwork]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in net for net in nets)
+
+
+UNKNOWN_ADDRESS = "unknown"
 
 
 def client_address(
@@ -46,14 +52,28 @@ def client_address(
     untrusted hop of X-Forwarded-For (read right to left, so a client cannot forge it)."""
     peer_ip = _address(peer or "")
     if peer_ip is None:
-        return peer or ""
+        return UNKNOWN_ADDRESS
     if not forwarded_for or not trusted_proxies or not _in(peer_ip, trusted_proxies):
         return str(peer_ip)
-    hops = [hop for hop in (_address(h) for h in forwarded_for.split(",")) if hop is not None]
-    for hop in reversed(hops):
+    hop = peer_ip
+    for text in reversed(forwarded_for.split(",")):
+        if not text.strip():
+            continue
+        parsed = _address(text)
+        if parsed is None:
+            # Whatever stands left of a hop our proxy could not name was written by someone
+            # we do not trust; the caller is unknown (and outside every allowlist).
+            return UNKNOWN_ADDRESS
+        hop = parsed
         if not _in(hop, trusted_proxies):
             return str(hop)
-    return str(hops[0]) if hops else str(peer_ip)
+    return str(hop)  # every hop is one of our proxies: the leftmost is the caller
+
+
+def forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Every X-Forwarded-For header line joined in order, as RFC 9110 reads repeated fields."""
+    values = [value.decode("latin-1") for name, value in headers if name == b"x-forwarded-for"]
+    return ",".join(values) if values else None
 
 
 def address_allowed(address: str, networks: Sequence[IPNetwork]) -> bool:

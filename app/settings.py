@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(default=30, ge=1, le=600)
     migrate_on_start: bool = False
 
+    retention_days: int | None = Field(default=None, ge=1, le=36500)
+    retention_interval_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("callback_tokens", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
@@ -266,6 +274,16 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.gateway_timezone)
+
+    @property
+    def secret_values(self) -> list[str]:
+        """Every secret of the configuration, which no log line may show."""
+        return [
+            *self.callback_tokens,
+            *self.api_keys,
+            self.mboxii_cpw.get_secret_value(),
+            self.cursor_secret,
+        ]
 
 
 class SettingsError(Exception):

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -158,7 +159,8 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """`mboxii-dlr serve` in a subprocess on a free port."""
+    """`mboxii-dlr serve` in a subprocess on a free port; its output goes to a file (a pipe
+    nobody reads would fill up and stall a server that logs at debug level)."""
 
     def __init__(self, database_url: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -172,20 +174,30 @@ class LiveServer:
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.output = ""
+        fd, name = tempfile.mkstemp(prefix="mboxii-dlr-server-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
 
-    def start(self, timeout: float = 20) -> LiveServer:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+    def read_output(self) -> str:
+        """Everything the server printed so far (stdout and stderr)."""
+        return self.log_path.read_bytes().decode(errors="replace")
+
+    def start(self, timeout: float = 30) -> LiveServer:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                output = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{output}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}:\n{self.read_output()}"
+                )
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
@@ -194,6 +206,11 @@ class LiveServer:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("server did not answer /healthz in time")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def stop(self, sig: int | None = None, timeout: float = 30) -> int | None:
         if self.proc is None:
@@ -209,8 +226,7 @@ class LiveServer:
                 self.proc.kill()
                 self.proc.wait()
         code = self.proc.returncode
-        if self.proc.stdout:
-            self.output = self.proc.stdout.read().decode(errors="replace")
+        self.output = self.read_output()
         self.proc = None
         return code
 
@@ -228,6 +244,7 @@ def live_server(database_url: str) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+        server.log_path.unlink(missing_ok=True)
 
 
 SEED_REPORT = {

@@ -14,7 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.callback import CallbackRejected, mask_mobile, parse_callback
 from app.ingest import IngestRefused, IngestUnavailable
 from app.quarantine import RawRequest, quarantine
-from app.security import address_allowed, client_address, matches_secret
+from app.security import address_allowed, client_address, forwarded_for, matches_secret
 from app.settings import Settings
 
 log = logging.getLogger("mboxii_dlr.callback")
@@ -122,7 +122,7 @@ class CallbackEndpoint:
         client = scope.get("client")
         source = client_address(
             client[0] if client else None,
-            headers.get(b"x-forwarded-for", b"").decode("latin-1") or None,
+            forwarded_for(scope["headers"]),
             settings.trusted_proxies,
         )
         if not address_allowed(source, settings.callback_networks):

@@ -1,0 +1,186 @@
+"""Test tools for real servers: raw HTTP over sockets, database peeks, polling, RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import func, select, text
+
+from app.db import create_engine
+from app.models import Delivery, Rejected, Report
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    header_list: list[tuple[str, str]] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def build_request(
+    method: str,
+    target: bytes | str,
+    headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+    body: bytes = b"",
+    *,
+    content_length: bool = True,
+) -> bytes:
+    """The bytes of one HTTP/1.1 request that closes its connection after the answer."""
+
+    def b(value: str | bytes) -> bytes:
+        return value if isinstance(value, bytes) else value.encode("latin-1")
+
+    lines = [b(method) + b" " + b(target) + b" HTTP/1.1", b"host: 127.0.0.1"]
+    lines += [b(name) + b": " + b(value) for name, value in headers]
+    if content_length:
+        lines.append(b"content-length: " + str(len(body)).encode())
+    lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (body if content_length else b"")
+
+
+def parse_response(data: bytes) -> RawResponse:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    pairs = [tuple(h.split(":", 1)) for h in header_lines if ":" in h]
+    header_list = [(k.strip().lower(), v.strip()) for k, v in pairs]
+    return RawResponse(int(status_line.split()[1]), dict(header_list), body, header_list)
+
+
+def raw_request(port: int, request: bytes, timeout: float = 30) -> RawResponse:
+    """Send raw request bytes over a fresh socket and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return parse_response(b"".join(chunks))
+
+
+async def async_raw_request(
+    port: int, request: bytes, timeout: float, host: str = "127.0.0.1"
+) -> RawResponse:
+    """The asyncio twin of raw_request; raises on a reset, an early close or the timeout."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+    if not data:
+        raise ConnectionError("closed without an answer")
+    return parse_response(data)
+
+
+def form_post(path: str, fields: dict[str, str], extra: Iterable[tuple[str, str]] = ()) -> bytes:
+    return build_request(
+        "POST",
+        path,
+        [("content-type", "application/x-www-form-urlencoded"), *extra],
+        urlencode(fields).encode(),
+    )
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Poll until `condition()` is truthy and return its value; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+async def async_wait_for(
+    condition: Callable[[], Any], timeout: float = 60, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc/<pid>/status."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def metric(text_format: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    for line in text_format.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+async def _query(database_url: str, statement: Any) -> list[Any]:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(statement)).all())
+    finally:
+        await engine.dispose()
+
+
+def stored_msgids(database_url: str) -> set[str]:
+    """Every msgid with a stored report (read straight from the database)."""
+    rows = asyncio.run(_query(database_url, select(Report.msgid).distinct()))
+    return {row[0] for row in rows}
+
+
+async def async_table_counts(database_url: str) -> dict[str, int]:
+    counts = {}
+    for model in (Report, Delivery, Rejected):
+        rows = await _query(database_url, select(func.count()).select_from(model))
+        counts[model.__tablename__] = rows[0][0]
+    return counts
+
+
+def table_counts(database_url: str) -> dict[str, int]:
+    return asyncio.run(async_table_counts(database_url))
+
+
+def consistency_problems(database_url: str) -> list[Any]:
+    """Reports without their delivery, deliveries with a wrong report count, or a stats
+    rollup that disagrees with the deliveries."""
+    orphans = text(
+        "SELECT r.msgid, r.mobile FROM reports r LEFT JOIN deliveries d "
+        "ON d.msgid = r.msgid AND d.mobile = r.mobile WHERE d.msgid IS NULL"
+    )
+    miscounted = text(
+        "SELECT d.msgid, d.mobile, d.reports, "
+        "(SELECT count(*) FROM reports r WHERE r.msgid = d.msgid AND r.mobile = d.mobile) AS n "
+        "FROM deliveries d WHERE d.reports <> "
+        "(SELECT count(*) FROM reports r WHERE r.msgid = d.msgid AND r.mobile = d.mobile)"
+    )
+    # the stats rollup, kept by triggers, agrees with what is left
+    rollup = text(
+        "SELECT (SELECT count(*) FROM deliveries) AS deliveries, "
+        "(SELECT coalesce(sum(count), 0) FROM delivery_counts) AS counted"
+    )
+    problems = asyncio.run(_query(database_url, orphans))
+    problems += asyncio.run(_query(database_url, miscounted))
+    problems += [row for row in asyncio.run(_query(database_url, rollup)) if row[0] != row[1]]
+    return problems
