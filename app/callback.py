@@ -301,6 +301,18 @@ def _local(zone: ZoneInfo, *parts: str | None) -> dt.datetime:
 
 def parse_donetime(value: str, zone: ZoneInfo, received_at: dt.datetime) -> dt.datetime:
     """Parse any accepted donetime spelling into a UTC instant; raise ValueError if invalid."""
+    instant = _donetime_instant(value, zone)
+    if instant < dt.datetime(*EARLIEST, tzinfo=zone):
+        raise ValueError("is before 2000-01-01")
+    if instant > received_at + LATEST_AHEAD:
+        raise ValueError("is more than 24 hours after receipt")
+    return instant
+
+
+# A campaign's reports settle within the same seconds, so their donetimes repeat.
+@lru_cache(maxsize=8192)
+def _donetime_instant(value: str, zone: ZoneInfo) -> dt.datetime:
+    """The UTC instant a donetime spelling names (no range check)."""
     try:
         if value.isdigit():
             if len(value) == 14:
@@ -329,12 +341,7 @@ def parse_donetime(value: str, zone: ZoneInfo, received_at: dt.datetime) -> dt.d
         if "known time format" in str(exc):
             raise
         raise ValueError(f"not a valid time: {exc}") from None
-    instant = when.astimezone(dt.UTC)
-    if instant < dt.datetime(*EARLIEST, tzinfo=zone):
-        raise ValueError("is before 2000-01-01")
-    if instant > received_at + LATEST_AHEAD:
-        raise ValueError("is more than 24 hours after receipt")
-    return instant
+    return when.astimezone(dt.UTC)
 
 
 def classify(status: str, statuscode: int) -> tuple[str, bool, bool]:

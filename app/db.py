@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -118,6 +119,15 @@ def insert_for(dialect: Dialect, table: Any) -> Any:
 def insert_for_name(dialect: str, table: Any) -> Any:
     module = postgresql if dialect == "postgresql" else sqlite
     return module.insert(table)
+
+
+def create_sync_engine(database_url: str) -> Engine:
+    """A blocking SQLite engine (plain sqlite3) with the same durable pragmas, for work that
+    runs whole in one thread (the ingest writer)."""
+    url = make_url(database_url).set(drivername="sqlite+pysqlite")
+    engine = sa_create_engine(url, connect_args={"check_same_thread": False})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -101,6 +102,10 @@ def create_app(
         redact.install(settings.secret_values)
         install_overload_answer(settings.retry_after_seconds)
         writer.start()
+        # Everything built so far lives as long as the process: keep it out of the cyclic
+        # garbage collector's full passes, which otherwise stall requests for tens of ms.
+        gc.collect()
+        gc.freeze()
         purger: asyncio.Task[None] | None = None
         if settings.retention_days:
             interval = settings.retention_interval_seconds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from fastapi import Request
 
@@ -21,6 +22,7 @@ def matches_secret(given: str, secrets: Sequence[str]) -> bool:
     return found
 
 
+@lru_cache(maxsize=4096)  # callers are a handful of gateway and proxy addresses
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     cursor_secret: str = ""
 
     ingest_batch_size: int = Field(default=500, ge=1, le=10000)
-    ingest_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
+    ingest_batch_delay_ms: float = Field(default=0.5, ge=0, le=1000)
     ingest_queue_size: int = Field(default=10000, ge=1, le=1_000_000)
     ingest_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)

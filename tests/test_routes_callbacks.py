@@ -289,7 +289,8 @@ async def test_503_when_the_database_is_gone(app_factory: Any, database_url: str
         )
         dead = create_engine(dead_url)
         live_engine = app.state.engine
-        app.state.writer.engine = dead
+        live_store = app.state.writer._store
+        app.state.writer._store = app.state.writer.store_for(dead)
         app.state.engine = dead
         try:
             r = await client.post(CB, data=SEED_REPORT)
@@ -299,7 +300,8 @@ async def test_503_when_the_database_is_gone(app_factory: Any, database_url: str
             r = await client.post(CB, data=report(mobile="bad"))
             assert r.status_code == 503
         finally:
-            app.state.writer.engine = live_engine
+            await app.state.writer._store.close()
+            app.state.writer._store = live_store
             app.state.engine = live_engine
             await dead.dispose()
         async with live_engine.connect() as conn:
