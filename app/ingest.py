@@ -537,6 +537,7 @@ class Writer:
         # loop (see SQLITE_OVERLAP_MINIMUM).
         self.pipeline = 2
         self._overlaps_freely = engine.dialect.name == "postgresql"
+        self._batches_in_flight = 0
         self._slots = asyncio.Semaphore(self.pipeline)
         self._last_batch_locked: asyncio.Event | None = None
         self._commits: set[asyncio.Task[None]] = set()
@@ -624,7 +625,11 @@ class Writer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._commits and len(self._queue) < self._overlap_at() and not self._closing:
+            if (
+                self._batches_in_flight
+                and len(self._queue) < self._overlap_at()
+                and not self._closing
+            ):
                 # A batch is in flight; the next one may overlap it only once it is worth
                 # a commit of its own (wakes on every new report and every finished batch).
                 self._wakeup.clear()
@@ -633,6 +638,7 @@ class Writer:
             await self._gather()
             await self._slots.acquire()
             batch = self._take()
+            self._batches_in_flight += 1
             locked = asyncio.Event()
             task = asyncio.create_task(self._commit_guarded(batch, self._last_batch_locked, locked))
             self._last_batch_locked = locked
@@ -652,6 +658,7 @@ class Writer:
                 _fail(job.future, IngestUnavailable("database"))
         finally:
             locked.set()
+            self._batches_in_flight -= 1
             self._slots.release()
             self._wakeup.set()
 

@@ -375,3 +375,17 @@ async def test_openapi_documents_the_callback(client: httpx.AsyncClient) -> None
     assert set(ops) == {"get", "post"}
     assert {"200", "404", "413", "415", "422", "503"} <= set(ops["post"]["responses"])
     assert json.dumps(spec)  # serialisable
+
+
+async def test_sequential_callbacks_are_each_committed_without_waiting_for_company(
+    app_factory: Any,
+) -> None:
+    # A lone report must not wait for a batch to fill (a writer that waited for company or
+    # for a finished batch's bookkeeping answered these with the 503 of its timeout).
+    async with app_factory(ingest_timeout_seconds=2) as (app, client):
+        for i in range(10):
+            r = await client.post(CB, data=report(msgid=f"seq{i}"))
+            assert r.status_code == 200, r.text
+            r = await client.post(CB, data=report(msgid=f"seq{i}"))
+            assert r.status_code == 200, r.text
+        assert await count(app, Report) == 10
