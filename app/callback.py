@@ -67,28 +67,28 @@ class ParsedReport:
     outcome: str
     final: bool
     inconsistent: bool
-    key: bytes
+    key: int
 
 
 # ---------------------------------------------------------------- body and query parsing
 
 
+def _unquote(part: bytes) -> str:
+    if b"%" in part or b"+" in part:
+        return unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+    return part.decode("utf-8")  # most names and values need no unquoting
+
+
 def parse_urlencoded(data: bytes) -> list[tuple[str, str]]:
     """Split an urlencoded string; a segment without '=' is a name with an empty value."""
     pairs: list[tuple[str, str]] = []
-    for segment in data.split(b"&"):
-        if not segment:
-            continue
-        name, _, value = segment.partition(b"=")
-        try:
-            pairs.append(
-                (
-                    unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8"),
-                    unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8"),
-                )
-            )
-        except UnicodeDecodeError:
-            raise _malformed("urlencoded data is not UTF-8") from None
+    try:
+        for segment in data.split(b"&"):
+            if segment:
+                name, _, value = segment.partition(b"=")
+                pairs.append((_unquote(name), _unquote(value)))
+    except UnicodeDecodeError:
+        raise _malformed("urlencoded data is not UTF-8") from None
     return pairs
 
 
@@ -357,12 +357,16 @@ def classify(status: str, statuscode: int) -> tuple[str, bool, bool]:
 
 def report_key(
     batch_id: str, msgid: str, mobile: str, statuscode: int, status: str, done_at: dt.datetime
-) -> bytes:
-    """The identity of a report: equal for every retry of it, however it was spelled."""
+) -> int:
+    """The identity of a report: equal for every retry of it, however it was spelled.
+
+    A signed 64-bit blake2b of the normalised fields. Storage keeps it unique together with
+    msgid, so only the few reports of one message could ever collide (odds ~k^2 / 2^65)."""
     instant = done_at.astimezone(dt.UTC).isoformat(timespec="microseconds")
     # \x1f cannot occur inside a field: identifiers must be printable.
     raw = f"{batch_id}\x1f{msgid}\x1f{mobile}\x1f{statuscode}\x1f{status}\x1f{instant}"
-    return hashlib.blake2b(raw.encode("utf-8"), digest_size=16).digest()
+    digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def validate_fields(

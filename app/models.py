@@ -44,8 +44,9 @@ class Report(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    # blake2b-128 of the normalised identity (ID, msgid, mobile, statuscode, statusstr, donetime)
-    report_key: Mapped[bytes] = mapped_column(LargeBinary(16))
+    # 64-bit blake2b of the normalised identity (ID, msgid, mobile, statuscode, statusstr,
+    # donetime); see app.callback.report_key
+    report_key: Mapped[int] = mapped_column(BigInteger)
     batch_id: Mapped[str] = mapped_column(String(64))
     msgid: Mapped[str] = mapped_column(String(64))
     mobile: Mapped[str] = mapped_column(String(16))

@@ -24,7 +24,7 @@ def upgrade() -> None:
     op.create_table(
         "reports",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
-        sa.Column("report_key", sa.LargeBinary(16), nullable=False),
+        sa.Column("report_key", sa.BigInteger(), nullable=False),
         sa.Column("batch_id", sa.String(64), nullable=False),
         sa.Column("msgid", sa.String(64), nullable=False),
         sa.Column("mobile", sa.String(16), nullable=False),
