@@ -47,7 +47,8 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                     f"""
                     INSERT INTO reports (id, report_key, batch_id, msgid, mobile, type, status,
                         statuscode, outcome, final, inconsistent, done_at, received_at, source)
-                    SELECT i, ('x' || substr(md5('f' || i), 1, 16))::bit(64)::bigint, batch_id, msgid, mobile, type, status,
+                    SELECT i, ('x' || substr(md5('f' || i), 1, 16))::bit(64)::bigint, batch_id,
+                        msgid, mobile, type, status,
                         CASE WHEN {OUTCOME} = 'delivered' THEN 1 ELSE 0 END, {OUTCOME},
                         status <> 'ENROUTE', false, done_at, done_at + interval '5 seconds',
                         'callback'
@@ -61,7 +62,8 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                     f"""
                     INSERT INTO reports (id, report_key, batch_id, msgid, mobile, type, status,
                         statuscode, outcome, final, inconsistent, done_at, received_at, source)
-                    SELECT $1::int + i / 4, ('x' || substr(md5('e' || i), 1, 16))::bit(64)::bigint, batch_id, msgid,
+                    SELECT $1::int + i / 4, ('x' || substr(md5('e' || i), 1, 16))::bit(64)::bigint,
+                        batch_id, msgid,
                         mobile, type, 'ENROUTE', 0, 'pending', false, false,
                         done_at - interval '1 minute', done_at - interval '55 seconds', 'callback'
                     FROM ({BASE}) AS b WHERE i % 4 = 0 AND status <> 'ENROUTE'
