@@ -44,5 +44,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+bench: $(STAMP)
+	@mkdir -p bench/results
+	$(BIN)/python -m bench.ingest --json bench/results/ingest.json
+	$(BIN)/python -m bench.read --explain bench/results/plans.txt
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.ingest --duration 2 --warmup 1
+	$(BIN)/python -m bench.read --reports 20000 --requests 5 --database mboxii_bench_smoke
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -143,16 +143,40 @@ def _grain_expression(dialect: str) -> Any:
     return cast(func.floor(extract("epoch", Delivery.done_at) / grain), BigInteger)
 
 
+def _rollup_unit(dialect: str, unit: int) -> Any:
+    """delivery_counts.grain as a whole number of `unit` seconds since 1970."""
+    if dialect == "sqlite":
+        seconds = cast(
+            func.strftime(literal_column("'%s'"), func.substr(DeliveryCount.grain, 1, 19)),
+            Integer,
+        )
+        return seconds // literal_column(str(unit), Integer)
+    epoch = extract("epoch", DeliveryCount.grain)
+    return cast(func.floor(epoch / literal_column(str(unit), Integer)), BigInteger)
+
+
+def coarsest_unit(starts: list[int]) -> int:
+    """The largest of day, hour and grain that every bucket start is a multiple of: the rollup
+    can then be summed to that unit in SQL (a month by hour is 720 rows, not 2,880 x words)."""
+    for unit in (86400, 3600):
+        if all(s % unit == 0 for s in starts):
+            return unit
+    return GRAIN_SECONDS
+
+
 async def grain_counts(
     session: AsyncSession,
     start: dt.datetime,
     end: dt.datetime,
     message_type: str | None = None,
+    unit: int = GRAIN_SECONDS,
 ) -> list[GrainCount]:
     """Deliveries with done_at in [start, end), grouped by grain, outcome and status.
 
     Whole grains come from the delivery_counts rollup; the partial grains at either end are
-    counted from deliveries directly, so the answer is exact to the microsecond.
+    counted from deliveries directly, so the answer is exact to the microsecond. With a
+    `unit` (a multiple of the grain that every bucket boundary is a multiple of too) the
+    rollup's grains are summed per unit, each reported at the unit's first grain.
     """
     first_whole = -(-to_epoch(start) // GRAIN_SECONDS) * GRAIN_SECONDS
     last_whole = to_epoch(end) // GRAIN_SECONDS * GRAIN_SECONDS
@@ -160,26 +184,23 @@ async def grain_counts(
         return await _scan_grains(session, start, end, message_type)
     head = await _scan_grains(session, start, from_epoch(first_whole), message_type)
     tail = await _scan_grains(session, from_epoch(last_whole), end, message_type)
+    slot = _rollup_unit(session.get_bind().dialect.name, unit).label("slot")
     stmt = (
-        select(
-            DeliveryCount.grain,
-            DeliveryCount.outcome,
-            DeliveryCount.status,
-            func.sum(DeliveryCount.count),
-        )
+        select(slot, DeliveryCount.outcome, DeliveryCount.status, func.sum(DeliveryCount.count))
         .where(
             DeliveryCount.grain >= from_epoch(first_whole),
             DeliveryCount.grain < from_epoch(last_whole),
         )
-        .group_by(DeliveryCount.grain, DeliveryCount.outcome, DeliveryCount.status)
+        .group_by(slot, DeliveryCount.outcome, DeliveryCount.status)
         .having(func.sum(DeliveryCount.count) != 0)
     )
     if message_type is not None:
         stmt = stmt.where(DeliveryCount.type == message_type)
     rows = (await session.execute(stmt)).all()
+    per_grain = unit // GRAIN_SECONDS
     whole = [
-        GrainCount(to_epoch(g) // GRAIN_SECONDS, outcome, status, int(n))
-        for g, outcome, status, n in rows
+        GrainCount(int(n_slot) * per_grain, outcome, status, int(n))
+        for n_slot, outcome, status, n in rows
     ]
     return head + whole + tail
 
@@ -231,7 +252,7 @@ async def delivery_stats(
     """Totals and local-calendar buckets of deliveries done in [start, end)."""
     calendar = LocalCalendar(zone, interval)
     starts = calendar.boundaries(start, end)
-    grains = await grain_counts(session, start, end, message_type)
+    grains = await grain_counts(session, start, end, message_type, coarsest_unit(starts))
     totals, buckets = fold_buckets(grains, starts, start)
     return {
         "totals": totals.as_dict(),
