@@ -116,13 +116,7 @@ async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
 
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     writer = Writer(engine, Metrics(), timeout=settings.ingest_timeout_seconds)
-    client = MboxiiClient(
-        settings.mboxii_base_url,
-        settings.mboxii_cid,
-        settings.mboxii_cpw,
-        zone=settings.zone,
-        timeout=settings.mboxii_timeout_seconds,
-    )
+    client = MboxiiClient.from_settings(settings)
     writer.start()
     try:
         reconciler = Reconciler(

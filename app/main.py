@@ -120,12 +120,8 @@ def create_app(
             from app.mboxii import MboxiiClient
             from app.reconcile import Reconciler
 
-            gateway = MboxiiClient(
-                settings.mboxii_base_url,
-                settings.mboxii_cid,
-                settings.mboxii_cpw,
-                zone=settings.zone,
-                timeout=settings.mboxii_timeout_seconds,
+            gateway = MboxiiClient.from_settings(
+                settings,
                 transport=gateway_transport,
                 observe=lambda interface, result: metrics.gateway_requests.labels(
                     interface, result

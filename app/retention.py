@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, delete, or_, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Table, and_, delete, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.models import Delivery, Rejected, Report, Send, SendNumber
 
@@ -85,57 +85,67 @@ async def purge(
         if pause:
             await asyncio.sleep(pause)
 
-    after_id = 0
-    while True:
-        async with engine.begin() as connection:
-            ids = (
-                await connection.scalars(
-                    select(REJECTED.c.id)
-                    .where(REJECTED.c.id > after_id, REJECTED.c.last_seen_at < cutoff)
-                    .order_by(REJECTED.c.id)
-                    .limit(batch_size)
-                )
-            ).all()
-            if not ids:
-                break
-            after_id = ids[-1]
-            gone = await connection.execute(
-                # Seen again since the select: a retry keeps its row.
-                delete(REJECTED).where(REJECTED.c.id.in_(ids), REJECTED.c.last_seen_at < cutoff)
-            )
-            result.rejected += gone.rowcount
-        if progress is not None:
-            progress(result)
-        if pause:
-            await asyncio.sleep(pause)
+    async def delete_rejected(connection: AsyncConnection, ids: Sequence[int]) -> int:
+        # Seen again since the select: a retry keeps its row.
+        stmt = delete(REJECTED).where(REJECTED.c.id.in_(ids), REJECTED.c.last_seen_at < cutoff)
+        return (await connection.execute(stmt)).rowcount
 
+    async def delete_sends(connection: AsyncConnection, ids: Sequence[int]) -> int:
+        await connection.execute(delete(SEND_NUMBERS).where(SEND_NUMBERS.c.send_id.in_(ids)))
+        return (await connection.execute(delete(SENDS).where(SENDS.c.id.in_(ids)))).rowcount
+
+    def rejected_gone(n: int) -> None:
+        result.rejected += n
+        if progress is not None:
+            progress(result)
+
+    def sends_gone(n: int) -> None:
+        result.sends += n
+        if progress is not None:
+            progress(result)
+
+    stale = REJECTED.c.last_seen_at < cutoff
+    await _delete_by_id(
+        engine, REJECTED.c.id, stale, delete_rejected, batch_size, pause, rejected_gone
+    )
+    done = and_(
+        SENDS.c.created_at < cutoff,
+        # a send scheduled past the cutoff still has reports to come
+        or_(SENDS.c.send_at.is_(None), SENDS.c.send_at < cutoff),
+    )
+    await _delete_by_id(engine, SENDS.c.id, done, delete_sends, batch_size, pause, sends_gone)
+    return result
+
+
+async def _delete_by_id(
+    engine: AsyncEngine,
+    id_column: Any,
+    condition: Any,
+    delete_rows: Callable[[AsyncConnection, Sequence[int]], Awaitable[int]],
+    batch_size: int,
+    pause: float,
+    gone: Callable[[int], None],
+) -> None:
+    """Delete the rows matching `condition` in batches of ids, one transaction each;
+    `gone(n)` hears how many each batch deleted."""
     after_id = 0
     while True:
         async with engine.begin() as connection:
             ids = (
                 await connection.scalars(
-                    select(SENDS.c.id)
-                    .where(
-                        SENDS.c.id > after_id,
-                        SENDS.c.created_at < cutoff,
-                        # a send scheduled past the cutoff still has reports to come
-                        or_(SENDS.c.send_at.is_(None), SENDS.c.send_at < cutoff),
-                    )
-                    .order_by(SENDS.c.id)
+                    select(id_column)
+                    .where(id_column > after_id, condition)
+                    .order_by(id_column)
                     .limit(batch_size)
                 )
             ).all()
             if not ids:
-                break
+                return
             after_id = ids[-1]
-            await connection.execute(delete(SEND_NUMBERS).where(SEND_NUMBERS.c.send_id.in_(ids)))
-            gone = await connection.execute(delete(SENDS).where(SENDS.c.id.in_(ids)))
-            result.sends += gone.rowcount
-        if progress is not None:
-            progress(result)
+            deleted = await delete_rows(connection, ids)
+        gone(deleted)
         if pause:
             await asyncio.sleep(pause)
-    return result
 
 
 async def _delete_deliveries(
@@ -148,16 +158,19 @@ async def _delete_deliveries(
     # go only for the deliveries actually deleted; a report committed for one of them after
     # this point recreates its delivery (ON CONFLICT then finds no row).
     key = tuple_(DELIVERIES.c.msgid, DELIVERIES.c.mobile)
+    # msgid IN (...) as well: SQLite searches the primary key for it, but scans the whole
+    # table for an IN list of (msgid, mobile) row values.
+    msgids = DELIVERIES.c.msgid.in_({k[0] for k in keys})
     doomed = (
         select(DELIVERIES.c.msgid, DELIVERIES.c.mobile)
-        .where(key.in_(keys), DELIVERIES.c.last_received_at < cutoff)
+        .where(msgids, key.in_(keys), DELIVERIES.c.last_received_at < cutoff)
         .with_for_update(skip_locked=True)
     )
     async with engine.begin() as connection:
         deleted = (
             await connection.execute(
                 delete(DELIVERIES)
-                .where(key.in_(doomed))
+                .where(msgids, key.in_(doomed))
                 .returning(DELIVERIES.c.msgid, DELIVERIES.c.mobile)
             )
         ).all()
@@ -165,7 +178,10 @@ async def _delete_deliveries(
             return
         gone = await connection.execute(
             delete(REPORTS).where(
-                tuple_(REPORTS.c.msgid, REPORTS.c.mobile).in_([tuple(k) for k in deleted])
+                # msgid alone leads to the identity index; SQLite scans the whole table for
+                # an IN list of (msgid, mobile) row values.
+                REPORTS.c.msgid.in_({k[0] for k in deleted}),
+                tuple_(REPORTS.c.msgid, REPORTS.c.mobile).in_([tuple(k) for k in deleted]),
             )
         )
     result.deliveries += len(deleted)

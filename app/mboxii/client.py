@@ -26,6 +26,7 @@ from app.mboxii.errors import (
     NotSentYet,
 )
 from app.mboxii.message import OutboundMessage, SendType
+from app.settings import Settings
 
 log = logging.getLogger("mboxii_dlr.gateway")
 T = TypeVar("T")
@@ -52,6 +53,25 @@ class ScheduledState:
 class MboxiiClient:
     """One gateway account. Every call is a form POST (UTF-8), so the password never sits in
     a URL; it is also kept out of logs, reprs, errors and the raw answers this returns."""
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        observe: Callable[[Interface, str], None] | None = None,
+    ) -> MboxiiClient:
+        """The client of the configured account (DLR_MBOXII_*)."""
+        return cls(
+            settings.mboxii_base_url,
+            settings.mboxii_cid,
+            settings.mboxii_cpw,
+            zone=settings.zone,
+            timeout=settings.mboxii_timeout_seconds,
+            transport=transport,
+            observe=observe,
+        )
 
     def __init__(
         self,
