@@ -14,18 +14,16 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import DateTime, Table, and_, bindparam, case, event, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.callback import ParsedReport, mask_mobile
-from app.db import UTCDateTime, create_sync_engine, insert_for_name
+from app.db import UTCDateTime, create_sync_engine
 from app.metrics import Metrics, status_label
 from app.models import Delivery, Report
 
@@ -120,33 +118,23 @@ def _array_type(column: Any) -> Any:
     return postgresql.ARRAY(element)
 
 
-def _insert_rows(dialect: str, table: Any, columns: tuple[str, ...]) -> Any:
-    """INSERT of many rows in one statement: on PostgreSQL from unnest() over one array per
-    column (one round trip, arrays encoded by the driver), elsewhere as multi-row VALUES."""
-    if dialect != "postgresql":
-        return insert_for_name(dialect, table)
+def _unnest_insert(table: Any, columns: tuple[str, ...]) -> Any:
+    """A PostgreSQL INSERT of many rows from unnest() over one array per column (one round
+    trip, the arrays encoded by the driver)."""
     source = select(
         *(func.unnest(bindparam(c, type_=_array_type(table.c[c]))).label(c) for c in columns)
     )
     return postgresql.insert(table).from_select(list(columns), source)
 
 
-def row_params(dialect: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Any:
-    """Parameters for _insert_rows: one list per column, or one dict per row."""
-    if dialect == "postgresql":
-        return {c: list(values) for c, values in zip(columns, zip(*rows, strict=True), strict=True)}
-    return [dict(zip(columns, row, strict=True)) for row in rows]
-
-
-@lru_cache
-def _statements(dialect: str) -> tuple[Any, Any]:
-    """The two statements of a batch, built once per dialect."""
+def _pg_statements() -> tuple[Any, Any]:
+    """The two statements of a batch on PostgreSQL."""
     reports = (
-        _insert_rows(dialect, REPORTS, REPORT_COLUMNS)
+        _unnest_insert(REPORTS, REPORT_COLUMNS)
         .on_conflict_do_nothing(index_elements=[REPORTS.c.msgid, REPORTS.c.report_key])
         .returning(REPORTS.c.report_key, REPORTS.c.id)
     )
-    deliveries = _delivery_upsert(_insert_rows(dialect, DELIVERIES, DELIVERY_COLUMNS))
+    deliveries = _delivery_upsert(_unnest_insert(DELIVERIES, DELIVERY_COLUMNS))
     c = DELIVERIES.c
     return reports, deliveries.returning(c.msgid, c.mobile, c.batch_id)
 
@@ -216,8 +204,8 @@ def _compiled_asyncpg(stmt: Any, columns: tuple[str, ...]) -> str:
     return str(compiled)
 
 
-PG_INSERT_REPORTS = _compiled_asyncpg(_statements("postgresql")[0], REPORT_COLUMNS)
-PG_UPSERT_DELIVERIES = _compiled_asyncpg(_statements("postgresql")[1], DELIVERY_COLUMNS)
+PG_INSERT_REPORTS = _compiled_asyncpg(_pg_statements()[0], REPORT_COLUMNS)
+PG_UPSERT_DELIVERIES = _compiled_asyncpg(_pg_statements()[1], DELIVERY_COLUMNS)
 
 SQLITE_INSERT_REPORTS = _compiled_sqlite(
     sqlite.insert(REPORTS).on_conflict_do_nothing(
@@ -246,11 +234,6 @@ class StoreResult:
 
     new: list[bool]
     batch_mismatch: int = 0
-
-
-async def store_batch(connection: AsyncConnection, jobs: list[Job]) -> StoreResult:
-    """store_batch_sync over an async connection; the caller owns the transaction."""
-    return await connection.run_sync(store_batch_sync, jobs)
 
 
 class _Plan:
@@ -353,25 +336,10 @@ class _Plan:
         return StoreResult(new=new, batch_mismatch=mismatch)
 
 
-def store_batch_sync(connection: Connection, jobs: list[Job]) -> StoreResult:
-    """Insert the reports and fold them into deliveries; the caller owns the transaction."""
-    plan = _Plan(jobs)
-    dialect = connection.dialect.name
-    insert_reports, upsert_deliveries = _statements(dialect)
-    result = connection.execute(
-        insert_reports, row_params(dialect, REPORT_COLUMNS, plan.report_rows())
-    )
-    rows = plan.delivery_rows(dict(result.all()))
-    mismatch = 0
-    if rows:
-        result = connection.execute(upsert_deliveries, row_params(dialect, DELIVERY_COLUMNS, rows))
-        mismatch = plan.mismatch(result.all())
-    return plan.result(mismatch)
-
-
 async def store_batch_asyncpg(connection: Any, jobs: list[Job]) -> StoreResult:
-    """store_batch_sync straight on an asyncpg connection: two prepared statements, each
-    with one array per column. The caller owns the transaction."""
+    """Insert the reports and fold them into deliveries, straight on an asyncpg connection:
+    two prepared statements, each with one array per column. The caller owns the
+    transaction."""
     plan = _Plan(jobs)
     columns = [list(values) for values in zip(*plan.report_rows(), strict=True)]
     inserted = await connection.fetch(PG_INSERT_REPORTS, *columns)
@@ -394,7 +362,7 @@ def _json_rows(rows: list[tuple[Any, ...]]) -> str:
 
 
 def store_batch_sqlite(connection: sqlite3.Connection, jobs: list[Job]) -> StoreResult:
-    """store_batch_sync with the plain sqlite3 driver, each statement one call over a JSON
+    """store_batch_asyncpg for the plain sqlite3 driver, each statement one call over a JSON
     array of the batch's rows. The caller holds the write lock (BEGIN IMMEDIATE), so the
     rows with ids above the old maximum are this batch's."""
     plan = _Plan(jobs)

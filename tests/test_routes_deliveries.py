@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import event
 
 from app.callback import validate_fields
-from app.ingest import Job, store_batch
+from app.ingest import Job, Writer
 from app.models import Delivery
 from app.schemas import DeliveryRead
 from tests.conftest import report
@@ -34,8 +34,11 @@ async def seed(app: Any, reports: Iterable[dict[str, str]]) -> None:
         Job(validate_fields(fields, zone, now), now, "callback", loop.create_future())
         for fields in reports
     ]
-    async with app.state.engine.begin() as connection:
-        await store_batch(connection, jobs)
+    store = Writer.store_for(app.state.engine)
+    try:
+        await store.store(jobs)
+    finally:
+        await store.close()
 
 
 async def page(client: httpx.AsyncClient, path: str = "/v1/deliveries", **params: Any) -> Any:
