@@ -237,6 +237,46 @@ def test_body_limit_refuses_a_streaming_body_before_it_ends(
     assert table_counts(database_url) == {"reports": 1, "deliveries": 1, "rejected": 0}
 
 
+@pytest.mark.slow
+@pytest.mark.slow
+def test_refused_bodies_get_their_answer_not_a_reset(
+    live_server: Callable[..., LiveServer], database_url: str
+) -> None:
+    """A client that sends the whole body before it reads the answer (most HTTP clients do)
+    must see our 4xx: closing with its body unread would reset the connection instead."""
+    server = live_server(DLR_MAX_BODY_BYTES="1024", DLR_CALLBACK_TOKENS="tok")
+    big = b"ID=1&pad=" + b"x" * 500_000
+    form = [("content-type", "application/x-www-form-urlencoded")]
+    small = "&".join(f"{k}={v}" for k, v in SEED_REPORT.items()).encode() + b"&pad=" + b"y" * 200
+    requests = {
+        (413, "declared"): build_request("POST", CB + "/tok", form, big),
+        (413, "chunked"): build_request(
+            "POST", CB + "/tok", [*form, ("transfer-encoding", "chunked")], content_length=False
+        )
+        + _chunk(big)
+        + b"0\r\n\r\n",
+        (404, "wrong token"): build_request("POST", CB + "/nope", form, small * 500),
+        (405, "PUT"): build_request("PUT", CB + "/tok", form, small * 500),
+    }
+    for (status, name), request in requests.items():
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(request)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            assert parse_response(answer).status == status, name
+
+    # Told to wait for a 100-continue, the client sends nothing: the 413 comes at once.
+    waiting = build_request("POST", CB + "/tok", [*form, ("expect", "100-continue")], big)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(waiting[: waiting.index(b"\r\n\r\n") + 4])
+        response = parse_response(sock.recv(65536))
+    assert response.status == 413
+    assert response.json()["error"] == "payload_too_large"
+    assert table_counts(database_url) == NOTHING
+
+
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).parent / "mboxii-dlr"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]

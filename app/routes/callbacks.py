@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -22,10 +23,17 @@ log = logging.getLogger("mboxii_dlr.callback")
 PREFIX = "/callbacks/mboxii"
 ROUTE = PREFIX + "/{token}"
 _JSON = [(b"content-type", b"application/json")]
+# A refused request's body is read and dropped (up to this much, for this long) before the
+# answer: closing a connection with unread bytes resets it, and a client still sending its
+# body would see the reset instead of our 4xx. Bodies declared larger are refused at once.
+DRAIN_BYTES = 1024 * 1024
+DRAIN_SECONDS = 5.0
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, received: int) -> None:
+        super().__init__(f"{received} bytes and more")
+        self.received = received
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -60,11 +68,33 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(size)
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def discard_body(receive: Receive, headers: dict[bytes, bytes], received: int = 0) -> None:
+    """Read and drop the rest of a body we refuse, within DRAIN_BYTES and DRAIN_SECONDS.
+
+    Nothing is read from a client that waits for a 100-continue (it sends no body before our
+    answer) or that declared more than DRAIN_BYTES (it would take too long to be worth it)."""
+    if headers.get(b"expect", b"").lower() == b"100-continue":
+        return
+    declared = headers.get(b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > DRAIN_BYTES):
+        return
+    budget = DRAIN_BYTES - received
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while budget >= 0:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                budget -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 def route_template(path: str) -> str | None:
@@ -107,6 +137,7 @@ class CallbackEndpoint:
     async def receive_callback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Store one delivery report and acknowledge it only once it is committed."""
         settings: Settings = self.state.settings
+        headers = dict(scope["headers"])
         token = token_of(scope["path"])
         allowed = (
             token is not None
@@ -115,10 +146,10 @@ class CallbackEndpoint:
             else token == ""
         )
         if not allowed:
+            await discard_body(receive, headers)
             await _send_json(send, 404, {"error": "not_found", "message": "unknown callback path"})
             return
 
-        headers = dict(scope["headers"])
         client = scope.get("client")
         source = client_address(
             client[0] if client else None,
@@ -127,6 +158,7 @@ class CallbackEndpoint:
         )
         if not address_allowed(source, settings.callback_networks):
             log.warning("callback refused from %s: outside DLR_CALLBACK_NETWORKS", source)
+            await discard_body(receive, headers)
             await _send_json(
                 send, 403, {"error": "forbidden", "message": "source address not allowed"}
             )
@@ -134,6 +166,7 @@ class CallbackEndpoint:
 
         method = scope["method"]
         if method not in ("GET", "POST"):
+            await discard_body(receive, headers)
             await _send_json(
                 send,
                 405,
@@ -146,11 +179,13 @@ class CallbackEndpoint:
         too_large = {"error": "payload_too_large", "message": f"the body exceeds {limit} bytes"}
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            await discard_body(receive, headers)
             await _send_json(send, 413, too_large, [(b"connection", b"close")])
             return
         try:
             body = await read_body(receive, limit)
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
+            await discard_body(receive, headers, exc.received)
             await _send_json(send, 413, too_large, [(b"connection", b"close")])
             return
         except ConnectionError:
