@@ -25,7 +25,7 @@ from app.errors import install_error_handlers
 from app.headers import SecurityHeadersMiddleware, page_csp
 from app.ingest import Writer
 from app.metrics import Metrics
-from app.middleware import RequestContextMiddleware
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.overload import install_overload_answer
 from app.params import reject_nul
 from app.retention import purge_periodically
@@ -34,6 +34,9 @@ from app.security import require_api_key
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("mboxii_dlr")
+
+# Request bodies of the API and the dashboard (the largest, POST /v1/messages, is a few KiB).
+API_MAX_BODY_BYTES = 64 * 1024
 
 DESCRIPTION = """
 Receives SMS delivery reports from the MboxII gateway, keeps every one of them, and answers
@@ -181,6 +184,8 @@ def create_app(
             expose_headers=["Content-Disposition", "Retry-After", "WWW-Authenticate"],
             max_age=600,
         )
+    # Nothing the API or the dashboard takes comes near this; the callback has its own limit.
+    app.add_middleware(BodyLimitMiddleware, limit=API_MAX_BODY_BYTES)
     # Callback answers stay minimal: they never pass through this stack (see DlrApp).
     app.add_middleware(
         SecurityHeadersMiddleware, no_store_prefixes=("/v1", "/healthz", "/readyz", "/metrics")

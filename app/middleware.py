@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -10,10 +11,11 @@ import time
 from typing import Any
 
 from starlette.datastructures import State
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logging import REQUEST_ID
-from app.routes.callbacks import PREFIX, ROUTE, route_template
+from app.routes.callbacks import PREFIX, ROUTE, discard_body, route_template
 from app.security import client_address, forwarded_for
 
 access_log = logging.getLogger("mboxii_dlr.access")
@@ -147,3 +149,67 @@ class RequestContextMiddleware:
                 "client": address,
             },
         )
+
+
+class PayloadTooLarge(StarletteHTTPException):
+    """A request body over the API's limit (raised while it streams in)."""
+
+    def __init__(self, limit: int, received: int) -> None:
+        super().__init__(413, f"the body exceeds {limit} bytes")
+        self.received = received
+
+
+class BodyLimitMiddleware:
+    """Refuses API and dashboard request bodies over `limit` bytes with a 413, by the
+    declared length before reading or as soon as a streamed body grows past it. (The callback
+    has its own limit, DLR_MAX_BODY_BYTES, and never passes here.)"""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await discard_body(receive, headers)
+            body = json.dumps(
+                {"error": "payload_too_large", "message": f"the body exceeds {self.limit} bytes"}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        received = 0
+        refused: PayloadTooLarge | None = None
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    refused = PayloadTooLarge(self.limit, received)
+                    raise refused
+            return message
+
+        async def draining_send(message: Message) -> None:
+            if refused is not None and message["type"] == "http.response.start":
+                # the rest of the refused body first, so the answer is not lost in a reset
+                await discard_body(receive, headers, refused.received)
+            await send(message)
+
+        await self.app(scope, limited_receive, draining_send)

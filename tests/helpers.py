@@ -57,14 +57,19 @@ def parse_response(data: bytes) -> RawResponse:
     return RawResponse(int(status_line.split()[1]), dict(header_list), body, header_list)
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (an answer may come in several pieces)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def raw_request(port: int, request: bytes, timeout: float = 30) -> RawResponse:
     """Send raw request bytes over a fresh socket and read the whole answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return parse_response(b"".join(chunks))
+        return parse_response(read_until_closed(sock))
 
 
 async def async_raw_request(
