@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import re
@@ -14,8 +13,9 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.bodies import end_after_drain
 from app.logging import REQUEST_ID
-from app.routes.callbacks import PREFIX, ROUTE, discard_body, route_template
+from app.routes.callbacks import PREFIX, ROUTE, refuse, route_template
 from app.security import client_address, forwarded_for
 
 access_log = logging.getLogger("mboxii_dlr.access")
@@ -154,15 +154,19 @@ class RequestContextMiddleware:
 class PayloadTooLarge(StarletteHTTPException):
     """A request body over the API's limit (raised while it streams in)."""
 
-    def __init__(self, limit: int, received: int) -> None:
+    def __init__(self, limit: int, received: int, ended: bool) -> None:
         super().__init__(413, f"the body exceeds {limit} bytes")
         self.received = received
+        self.ended = ended
 
 
 class BodyLimitMiddleware:
-    """Refuses API and dashboard request bodies over `limit` bytes with a 413, by the
-    declared length before reading or as soon as a streamed body grows past it. (The callback
-    has its own limit, DLR_MAX_BODY_BYTES, and never passes here.)"""
+    """Refuses API and dashboard request bodies over `limit` bytes with a 413: by the
+    declared length before reading, or as soon as a streamed body grows past it (the app's
+    error handler renders that one). The callback has its own limit and never passes here.
+
+    Starlette's RequestBodyLimitMiddleware answers in plain text and closes with the body
+    unread, which resets the connection under the answer; this one drops the rest first."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -175,22 +179,9 @@ class BodyLimitMiddleware:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await discard_body(receive, headers)
-            body = json.dumps(
-                {"error": "payload_too_large", "message": f"the body exceeds {self.limit} bytes"}
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            message = f"the body exceeds {self.limit} bytes"
+            payload = {"error": "payload_too_large", "message": message}
+            await refuse(send, receive, headers, 413, payload, [(b"connection", b"close")])
             return
 
         received = 0
@@ -202,14 +193,20 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    refused = PayloadTooLarge(self.limit, received)
+                    ended = not message.get("more_body", False)
+                    refused = PayloadTooLarge(self.limit, received, ended)
                     raise refused
             return message
 
         async def draining_send(message: Message) -> None:
-            if refused is not None and message["type"] == "http.response.start":
-                # the rest of the refused body first, so the answer is not lost in a reset
-                await discard_body(receive, headers, refused.received)
+            if (
+                refused is not None
+                and not refused.ended
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                await end_after_drain(send, receive, headers, message["body"], refused.received)
+                return
             await send(message)
 
         await self.app(scope, limited_receive, draining_send)

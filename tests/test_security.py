@@ -266,6 +266,20 @@ def test_refused_bodies_get_their_answer_not_a_reset(
                 answer = parse_response(read_until_closed(sock))
             assert answer.status == status, name
 
+    # The answer does not wait for the body: it comes while the client is still sending,
+    # and the connection ends cleanly once the rest has arrived.
+    request = requests[(413, "declared")]
+    half = len(request) // 2
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request[:half])
+        sock.settimeout(2)
+        early = sock.recv(65536)
+        assert early.startswith(b"HTTP/1.1 413 "), early[:100]
+        sock.settimeout(30)
+        sock.sendall(request[half:])
+        answer = parse_response(early + read_until_closed(sock))
+    assert answer.json()["error"] == "payload_too_large"
+
     # Told to wait for a 100-continue, the client sends nothing: the 413 comes at once.
     waiting = build_request("POST", CB + "/tok", [*form, ("expect", "100-continue")], big)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:

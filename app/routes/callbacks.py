@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -10,8 +9,9 @@ import logging
 from typing import Any
 
 from starlette.datastructures import State
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from app.bodies import BodyTooLarge, end_after_drain, read_body
 from app.callback import CallbackRejected, mask_mobile, parse_callback
 from app.ingest import IngestRefused, IngestUnavailable
 from app.quarantine import RawRequest, quarantine
@@ -23,17 +23,6 @@ log = logging.getLogger("mboxii_dlr.callback")
 PREFIX = "/callbacks/mboxii"
 ROUTE = PREFIX + "/{token}"
 _JSON = [(b"content-type", b"application/json")]
-# A refused request's body is read and dropped (up to this much, for this long) before the
-# answer: closing a connection with unread bytes resets it, and a client still sending its
-# body would see the reset instead of our 4xx. Bodies declared larger are refused at once.
-DRAIN_BYTES = 1024 * 1024
-DRAIN_SECONDS = 5.0
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, received: int) -> None:
-        super().__init__(f"{received} bytes and more")
-        self.received = received
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -56,45 +45,26 @@ async def _send_json(
     await _send(send, status, json.dumps(payload).encode(), [*_JSON, *extra])
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """Read the request body, refusing it as soon as it grows past `limit`."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("client disconnected")
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(size)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def discard_body(receive: Receive, headers: dict[bytes, bytes], received: int = 0) -> None:
-    """Read and drop the rest of a body we refuse, within DRAIN_BYTES and DRAIN_SECONDS.
-
-    Nothing is read from a client that waits for a 100-continue (it sends no body before our
-    answer) or that declared more than DRAIN_BYTES (it would take too long to be worth it)."""
-    if headers.get(b"expect", b"").lower() == b"100-continue":
-        return
-    declared = headers.get(b"content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > DRAIN_BYTES):
-        return
-    budget = DRAIN_BYTES - received
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(DRAIN_SECONDS):
-            while budget >= 0:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                budget -= len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return
+async def refuse(
+    send: Send,
+    receive: Receive,
+    headers: dict[bytes, bytes],
+    status: int,
+    payload: dict[str, Any],
+    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    received: int = 0,
+) -> None:
+    """Answer a request refused before its body was read, then drop the rest of the body
+    (see app.bodies: closing with it unread would reset the connection under the answer)."""
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON, *extra, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await end_after_drain(send, receive, headers, body, received)
 
 
 def route_template(path: str) -> str | None:
@@ -146,8 +116,13 @@ class CallbackEndpoint:
             else token == ""
         )
         if not allowed:
-            await discard_body(receive, headers)
-            await _send_json(send, 404, {"error": "not_found", "message": "unknown callback path"})
+            await refuse(
+                send,
+                receive,
+                headers,
+                404,
+                {"error": "not_found", "message": "unknown callback path"},
+            )
             return
 
         client = scope.get("client")
@@ -158,17 +133,21 @@ class CallbackEndpoint:
         )
         if not address_allowed(source, settings.callback_networks):
             log.warning("callback refused from %s: outside DLR_CALLBACK_NETWORKS", source)
-            await discard_body(receive, headers)
-            await _send_json(
-                send, 403, {"error": "forbidden", "message": "source address not allowed"}
+            await refuse(
+                send,
+                receive,
+                headers,
+                403,
+                {"error": "forbidden", "message": "source address not allowed"},
             )
             return
 
         method = scope["method"]
         if method not in ("GET", "POST"):
-            await discard_body(receive, headers)
-            await _send_json(
+            await refuse(
                 send,
+                receive,
+                headers,
                 405,
                 {"error": "method_not_allowed", "message": "use POST or GET"},
                 [(b"allow", b"GET, POST")],
@@ -179,14 +158,23 @@ class CallbackEndpoint:
         too_large = {"error": "payload_too_large", "message": f"the body exceeds {limit} bytes"}
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await discard_body(receive, headers)
-            await _send_json(send, 413, too_large, [(b"connection", b"close")])
+            await refuse(send, receive, headers, 413, too_large, [(b"connection", b"close")])
             return
         try:
             body = await read_body(receive, limit)
         except BodyTooLarge as exc:
-            await discard_body(receive, headers, exc.received)
-            await _send_json(send, 413, too_large, [(b"connection", b"close")])
+            if exc.ended:
+                await _send_json(send, 413, too_large, [(b"connection", b"close")])
+            else:
+                await refuse(
+                    send,
+                    receive,
+                    headers,
+                    413,
+                    too_large,
+                    [(b"connection", b"close")],
+                    exc.received,
+                )
             return
         except ConnectionError:
             return
