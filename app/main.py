@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard, redact
+from app.dashboard.throttle import LoginThrottle
 from app.db import create_engine
 from app.errors import install_error_handlers
 from app.headers import SecurityHeadersMiddleware, page_csp
@@ -101,6 +102,12 @@ def create_app(
                 "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
                 "without a secret; set tokens before exposing this service"
             )
+        for name in settings.short_secrets:
+            log.warning(
+                "%s holds a secret shorter than 16 characters, which can be guessed; use long "
+                "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+                name,
+            )
         # Each worker process builds its app here, so these hold for every worker.
         redact.install(settings.secret_values)
         install_overload_answer(settings.retry_after_seconds)
@@ -161,6 +168,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ack_body = settings.callback_ack.encode("utf-8")
+    app.state.login_throttle = LoginThrottle()
     install_error_handlers(app)
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.

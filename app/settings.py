@@ -18,6 +18,8 @@ CommaList = Annotated[list[str], NoDecode]
 NetworkList = Annotated[list[IPNetwork], NoDecode]
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]+")
+# Tokens and keys shorter than this are warned about at start (they can be guessed).
+SHORT_SECRET = 16
 DEFAULT_DATABASE_URL = "sqlite:///./data/mboxii-dlr.db"
 DEFAULT_MBOXII_BASE_URL = "http://op.mboxii.com/api/"
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -274,6 +276,18 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.gateway_timezone)
+
+    @property
+    def short_secrets(self) -> list[str]:
+        """The settings holding a token or key short enough to guess (under 16 characters)."""
+        return [
+            name
+            for name, values in (
+                ("DLR_CALLBACK_TOKENS", self.callback_tokens),
+                ("DLR_API_KEYS", self.api_keys),
+            )
+            if any(len(value) < SHORT_SECRET for value in values)
+        ]
 
     @property
     def secret_values(self) -> list[str]:

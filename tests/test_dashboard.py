@@ -426,6 +426,37 @@ async def test_login_refuses_other_sites_and_foreign_next_targets(app_factory: A
         assert (r.status_code, r.headers["location"]) == (303, "/dashboard")
 
 
+async def test_many_wrong_keys_from_one_address_lock_its_login_for_a_while(
+    app_factory: Any,
+) -> None:
+    async with app_factory(api_keys=KEYS, trusted_proxies="127.0.0.1/32") as (app, client):
+        throttle = app.state.login_throttle
+        now = [1000.0]
+        throttle.clock = lambda: now[0]
+        guesser = {"x-forwarded-for": "203.0.113.9"}
+        for _ in range(throttle.allowed):
+            r = await client.post("/dashboard/login", data={"key": "guess"}, headers=guesser)
+            assert r.status_code == 401
+            now[0] += 1
+        # locked now, even with the right key: guessing would otherwise go on
+        r = await client.post("/dashboard/login", data={"key": "dash-key-one"}, headers=guesser)
+        assert r.status_code == 429
+        assert 0 < int(r.headers["retry-after"]) <= throttle.window
+        assert "Too many keys" in r.text
+        assert "set-cookie" not in r.headers
+        # another address is not held back
+        other = {"x-forwarded-for": "198.51.100.4"}
+        r = await client.post("/dashboard/login", data={"key": "dash-key-one"}, headers=other)
+        assert r.status_code == 303
+        # once the first failure has left the window, one more try is allowed
+        now[0] = 1000.0 + throttle.window + 0.5
+        r = await client.post("/dashboard/login", data={"key": "dash-key-one"}, headers=guesser)
+        assert r.status_code == 303
+        # and a success forgets the address's failures
+        r = await client.post("/dashboard/login", data={"key": "guess"}, headers=guesser)
+        assert r.status_code == 401
+
+
 async def test_the_shared_figures_equal_the_stats_and_reread_closed_days(
     app_factory: Any,
 ) -> None:

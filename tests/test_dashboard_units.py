@@ -158,3 +158,17 @@ def test_an_empty_chart_says_so() -> None:
 )
 def test_nice_step(top: int, step: int) -> None:
     assert charts.nice_step(top) == step
+
+
+def test_the_login_throttle_forgets_the_oldest_addresses_first() -> None:
+    from app.dashboard.throttle import LoginThrottle
+
+    throttle = LoginThrottle(allowed=2, window=60, clock=lambda: 0.0, max_addresses=3)
+    for address in ("a", "b", "c", "a", "d"):
+        throttle.failed(address)
+    # "b" was the oldest: forgotten; "a" failed twice and is locked
+    assert throttle.retry_after("a") == 60
+    assert throttle.retry_after("b") is None
+    throttle.failed("b")
+    assert throttle.retry_after("b") is None
+    assert throttle.retry_after("c") is None  # one failure of two

@@ -447,3 +447,15 @@ async def test_api_and_dashboard_bodies_are_limited(app_factory: Any) -> None:
         # an ordinary login form still gets through (a wrong key here: 401)
         r = await client.post("/dashboard/login", data={"key": "wrong", "next": "/dashboard"})
         assert r.status_code == 401
+
+
+async def test_short_secrets_are_warned_about_without_being_shown(
+    app_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="mboxii_dlr"):
+        async with app_factory(api_keys=["k" * 32, "letmein"], callback_tokens=["t" * 20]):
+            pass
+    warnings = [r.getMessage() for r in caplog.records if "shorter than 16" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "DLR_API_KEYS" in warnings[0]
+    assert "letmein" not in caplog.text

@@ -26,7 +26,9 @@ from app.dashboard.sessions import (
     matching_key,
     same_origin,
 )
+from app.dashboard.throttle import LoginThrottle
 from app.dashboard.views import static_files
+from app.security import client_address, forwarded_for
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 
@@ -79,11 +81,28 @@ async def log_in(request: Request) -> Response:
         return redirect(target)
     if not same_origin(request):
         raise PageError(403, "Form refused", "This login form was sent from another site.")
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = request.client
+    address = client_address(
+        client.host if client else None,
+        forwarded_for(request.scope["headers"]),
+        settings.trusted_proxies,
+    )
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        log.warning("dashboard: login refused from %s (too many failed logins)", address)
+        locked = page(
+            request, "login.html", {"next": target, "failed": False, "wait": wait}, status=429
+        )
+        locked.headers["Retry-After"] = str(wait)
+        return locked
     given = form.get("key")
     key = matching_key(given, settings.api_keys) if isinstance(given, str) and given else None
     if key is None:
-        log.warning("dashboard: login refused (wrong API key)")
+        throttle.failed(address)
+        log.warning("dashboard: login refused from %s (wrong API key)", address)
         return page(request, "login.html", {"next": target, "failed": True}, status=401)
+    throttle.succeeded(address)
     session = issue(settings, key)
     log.info("dashboard: login (key %s)", session.key_id)
     response = redirect(target)
