@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.bodies import end_after_drain
 from app.logging import REQUEST_ID
 from app.routes.callbacks import PREFIX, ROUTE, refuse, route_template
-from app.security import client_address, forwarded_for
+from app.security import caller_address
 
 access_log = logging.getLogger("mboxii_dlr.access")
 
@@ -128,12 +128,7 @@ class RequestContextMiddleware:
             path = scope["path"][:200]
             for token in self.state.settings.callback_tokens:
                 path = path.replace(token, "***")
-        client = scope.get("client")
-        address = client_address(
-            client[0] if client else None,
-            forwarded_for(scope["headers"]),
-            self.state.settings.trusted_proxies,
-        )
+        address = caller_address(scope, self.state.settings.trusted_proxies)
         duration_ms = round(elapsed * 1000, 2)
         access_log.info(
             "%s %s %d %.2fms",

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from fastapi import Request
+from starlette.types import Scope
 
 from app.errors import Unauthorized
 from app.settings import IPNetwork
@@ -76,6 +77,14 @@ def forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """Every X-Forwarded-For header line joined in order, as RFC 9110 reads repeated fields."""
     values = [value.decode("latin-1") for name, value in headers if name == b"x-forwarded-for"]
     return ",".join(values) if values else None
+
+
+def caller_address(scope: Scope, trusted_proxies: Sequence[IPNetwork]) -> str:
+    """The address of the request's caller, as `client_address` decides it."""
+    client = scope.get("client")
+    return client_address(
+        client[0] if client else None, forwarded_for(scope["headers"]), trusted_proxies
+    )
 
 
 def address_allowed(address: str, networks: Sequence[IPNetwork]) -> bool:

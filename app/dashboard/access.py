@@ -28,7 +28,7 @@ from app.dashboard.sessions import (
 )
 from app.dashboard.throttle import LoginThrottle
 from app.dashboard.views import static_files
-from app.security import client_address, forwarded_for
+from app.security import caller_address
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 
@@ -82,12 +82,7 @@ async def log_in(request: Request) -> Response:
     if not same_origin(request):
         raise PageError(403, "Form refused", "This login form was sent from another site.")
     throttle: LoginThrottle = request.app.state.login_throttle
-    client = request.client
-    address = client_address(
-        client.host if client else None,
-        forwarded_for(request.scope["headers"]),
-        settings.trusted_proxies,
-    )
+    address = caller_address(request.scope, settings.trusted_proxies)
     wait = throttle.retry_after(address)
     if wait is not None:
         log.warning("dashboard: login refused from %s (too many failed logins)", address)

@@ -15,7 +15,7 @@ from app.bodies import BodyTooLarge, end_after_drain, read_body
 from app.callback import CallbackRejected, mask_mobile, parse_callback
 from app.ingest import IngestRefused, IngestUnavailable
 from app.quarantine import RawRequest, quarantine
-from app.security import address_allowed, client_address, forwarded_for, matches_secret
+from app.security import address_allowed, caller_address, matches_secret
 from app.settings import Settings
 
 log = logging.getLogger("mboxii_dlr.callback")
@@ -125,12 +125,7 @@ class CallbackEndpoint:
             )
             return
 
-        client = scope.get("client")
-        source = client_address(
-            client[0] if client else None,
-            forwarded_for(scope["headers"]),
-            settings.trusted_proxies,
-        )
+        source = caller_address(scope, settings.trusted_proxies)
         if not address_allowed(source, settings.callback_networks):
             log.warning("callback refused from %s: outside DLR_CALLBACK_NETWORKS", source)
             await refuse(
