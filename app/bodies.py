@@ -25,6 +25,17 @@ class BodyTooLarge(Exception):
         self.ended = ended
 
 
+def declared_over(headers: dict[bytes, bytes], limit: int) -> bool:
+    """True when the request declares a Content-Length over `limit`."""
+    declared = headers.get(b"content-length")
+    return declared is not None and declared.isdigit() and int(declared) > limit
+
+
+def too_large(limit: int) -> dict[str, str]:
+    """The JSON error of a 413."""
+    return {"error": "payload_too_large", "message": f"the body exceeds {limit} bytes"}
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
     """Read the request body, refusing it as soon as it grows past `limit`."""
     chunks: list[bytes] = []
@@ -68,10 +79,19 @@ async def discard_body(receive: Receive, headers: dict[bytes, bytes], received: 
 
 
 async def end_after_drain(
-    send: Send, receive: Receive, headers: dict[bytes, bytes], body: bytes, received: int = 0
+    send: Send,
+    receive: Receive,
+    headers: dict[bytes, bytes],
+    body: bytes,
+    received: int = 0,
+    ended: bool = False,
 ) -> None:
     """Send the last `body` of a response to a refused request, drop the rest of the request's
-    body, then end the response (which lets the server close the connection cleanly)."""
+    body (none when it has `ended`), then end the response (which lets the server close the
+    connection cleanly)."""
+    if ended:
+        await send({"type": "http.response.body", "body": body})
+        return
     await send({"type": "http.response.body", "body": body, "more_body": True})
     await discard_body(receive, headers, received)
     await send({"type": "http.response.body", "body": b""})

@@ -13,7 +13,7 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.bodies import end_after_drain
+from app.bodies import declared_over, end_after_drain, too_large
 from app.logging import REQUEST_ID
 from app.routes.callbacks import PREFIX, ROUTE, refuse, route_template
 from app.security import caller_address
@@ -150,7 +150,7 @@ class PayloadTooLarge(StarletteHTTPException):
     """A request body over the API's limit (raised while it streams in)."""
 
     def __init__(self, limit: int, received: int, ended: bool) -> None:
-        super().__init__(413, f"the body exceeds {limit} bytes")
+        super().__init__(413, too_large(limit)["message"])
         self.received = received
         self.ended = ended
 
@@ -172,11 +172,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            message = f"the body exceeds {self.limit} bytes"
-            payload = {"error": "payload_too_large", "message": message}
-            await refuse(send, receive, headers, 413, payload, [(b"connection", b"close")])
+        if declared_over(headers, self.limit):
+            close = [(b"connection", b"close")]
+            await refuse(send, receive, headers, 413, too_large(self.limit), close)
             return
 
         received = 0
@@ -196,11 +194,11 @@ class BodyLimitMiddleware:
         async def draining_send(message: Message) -> None:
             if (
                 refused is not None
-                and not refused.ended
                 and message["type"] == "http.response.body"
                 and not message.get("more_body", False)
             ):
-                await end_after_drain(send, receive, headers, message["body"], refused.received)
+                body = message.get("body", b"")
+                await end_after_drain(send, receive, headers, body, refused.received, refused.ended)
                 return
             await send(message)
 

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from app.bodies import BodyTooLarge, end_after_drain, read_body
+from app.bodies import BodyTooLarge, declared_over, end_after_drain, read_body, too_large
 from app.callback import CallbackRejected, mask_mobile, parse_callback
 from app.ingest import IngestRefused, IngestUnavailable
 from app.quarantine import RawRequest, quarantine
@@ -25,7 +25,7 @@ ROUTE = PREFIX + "/{token}"
 _JSON = [(b"content-type", b"application/json")]
 
 
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _start(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -33,6 +33,10 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
             "headers": [*headers, (b"content-length", str(len(body)).encode())],
         }
     )
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await _start(send, status, body, headers)
     await send({"type": "http.response.body", "body": body})
 
 
@@ -53,18 +57,13 @@ async def refuse(
     payload: dict[str, Any],
     extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
     received: int = 0,
+    ended: bool = False,
 ) -> None:
-    """Answer a request refused before its body was read, then drop the rest of the body
+    """Answer a request refused before its body was all read, then drop the rest of the body
     (see app.bodies: closing with it unread would reset the connection under the answer)."""
     body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*_JSON, *extra, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await end_after_drain(send, receive, headers, body, received)
+    await _start(send, status, body, [*_JSON, *extra])
+    await end_after_drain(send, receive, headers, body, received, ended)
 
 
 def route_template(path: str) -> str | None:
@@ -150,26 +149,16 @@ class CallbackEndpoint:
             return
 
         limit = settings.max_body_bytes
-        too_large = {"error": "payload_too_large", "message": f"the body exceeds {limit} bytes"}
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await refuse(send, receive, headers, 413, too_large, [(b"connection", b"close")])
+        close = [(b"connection", b"close")]
+        if declared_over(headers, limit):
+            await refuse(send, receive, headers, 413, too_large(limit), close)
             return
         try:
             body = await read_body(receive, limit)
         except BodyTooLarge as exc:
-            if exc.ended:
-                await _send_json(send, 413, too_large, [(b"connection", b"close")])
-            else:
-                await refuse(
-                    send,
-                    receive,
-                    headers,
-                    413,
-                    too_large,
-                    [(b"connection", b"close")],
-                    exc.received,
-                )
+            await refuse(
+                send, receive, headers, 413, too_large(limit), close, exc.received, exc.ended
+            )
             return
         except ConnectionError:
             return
