@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -189,3 +190,19 @@ def consistency_problems(database_url: str) -> list[Any]:
     problems += asyncio.run(_query(database_url, miscounted))
     problems += [row for row in asyncio.run(_query(database_url, rollup)) if row[0] != row[1]]
     return problems
+
+
+@contextlib.asynccontextmanager
+async def database_gone(app: Any) -> AsyncIterator[None]:
+    """Point the app's reads (its engine and sessions) at a PostgreSQL that does not answer,
+    and back at the live database afterwards."""
+    live_engine, live_bind = app.state.engine, app.state.sessionmaker.kw["bind"]
+    dead = create_engine("postgresql://postgres@127.0.0.1:1/none")
+    app.state.engine = dead
+    app.state.sessionmaker.configure(bind=dead)
+    try:
+        yield
+    finally:
+        app.state.engine = live_engine
+        app.state.sessionmaker.configure(bind=live_bind)
+        await dead.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import SEED_REPORT
+from tests.helpers import database_gone
 
 
 async def test_api_keys(app_factory: Any) -> None:
@@ -29,20 +30,12 @@ async def test_api_keys(app_factory: Any) -> None:
 
 
 async def test_reads_answer_503_when_the_database_is_gone(app_factory: Any) -> None:
-    from app.db import create_engine
-
     async with app_factory() as (app, client):
-        live = app.state.sessionmaker.kw["bind"]
-        dead = create_engine("postgresql://postgres@127.0.0.1:1/none")
-        app.state.sessionmaker.configure(bind=dead)
-        try:
+        async with database_gone(app):
             r = await client.get("/v1/deliveries/208217564")
             assert r.status_code == 503
             assert r.json()["error"] == "unavailable"
             assert "retry-after" in r.headers
             r = await client.get("/v1/batches/123456")
             assert r.status_code == 503
-        finally:
-            app.state.sessionmaker.configure(bind=live)
-            await dead.dispose()
         assert (await client.get("/v1/deliveries/208217564")).status_code == 404

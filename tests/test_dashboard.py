@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import report
+from tests.helpers import database_gone
 
 CB = "/callbacks/mboxii"
 KEYS = "dash-key-one,dash-key-two"
@@ -306,20 +307,11 @@ async def test_quarantine_view_masks_bodies_and_replays_with_csrf(app_factory: A
 
 
 async def test_dashboard_says_so_when_the_database_is_gone(client: httpx.AsyncClient) -> None:
-    from app.db import create_engine
-
     transport: Any = client._transport
-    app = transport.app
-    live = app.state.sessionmaker.kw["bind"]
-    dead = create_engine("postgresql://postgres@127.0.0.1:1/none")
-    app.state.sessionmaker.configure(bind=dead)
-    try:
+    async with database_gone(transport.app):
         r = await client.get("/dashboard")
         assert r.status_code == 503
         assert "Database unreachable" in r.text
-    finally:
-        app.state.sessionmaker.configure(bind=live)
-        await dead.dispose()
 
 
 # ---------------------------------------------------------------- with API keys

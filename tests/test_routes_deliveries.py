@@ -21,6 +21,7 @@ from app.ingest import Job, Writer
 from app.models import Delivery
 from app.schemas import DeliveryRead
 from tests.conftest import report
+from tests.helpers import database_gone
 
 FIELDS = list(DeliveryRead.model_fields)
 
@@ -637,23 +638,13 @@ async def test_csv_client_going_away_gives_the_connection_back(
 
 
 async def test_list_and_export_answer_503_when_the_database_is_gone(app_factory: Any) -> None:
-    from app.db import create_engine
-
     async with app_factory() as (app, client):
         await seed(app, [report()])
-        live_engine, live_bind = app.state.engine, app.state.sessionmaker.kw["bind"]
-        dead = create_engine("postgresql://postgres@127.0.0.1:1/none")
-        app.state.engine = dead
-        app.state.sessionmaker.configure(bind=dead)
-        try:
+        async with database_gone(app):
             for path in ("/v1/deliveries", "/v1/deliveries.csv"):
                 response = await client.get(path)
                 # never a 200 with a truncated file
                 assert response.status_code == 503, path
                 assert response.json()["error"] == "unavailable"
                 assert "retry-after" in response.headers
-        finally:
-            app.state.engine = live_engine
-            app.state.sessionmaker.configure(bind=live_bind)
-            await dead.dispose()
         assert len((await page(client))["items"]) == 1
