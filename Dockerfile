@@ -24,6 +24,7 @@ COPY pyproject.toml README.md ./
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
     && /opt/mboxii-dlr/bin/pip wheel --wheel-dir /wheels --requirement requirements.txt
 COPY app ./app
+COPY simulator ./simulator
 COPY migrations ./migrations
 RUN /opt/mboxii-dlr/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/mboxii-dlr/bin/pip install --no-index --find-links /wheels mboxii-dlr \

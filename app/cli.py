@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import redact
-from app.logging import configure_logging, logging_config
-from app.settings import Settings, SettingsError, load_settings
+from app.core import redact
+from app.core.logging import configure_logging, logging_config
+from app.core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("mboxii_dlr")
 
@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         forwarded_allow_ips="",
         server_header=False,
         date_header=True,
-        # Our access log (app.middleware) replaces uvicorn's, which prints raw paths with
+        # Our access log (app.web.middleware) replaces uvicorn's, which prints raw paths with
         # the callback token; our logging config is applied in every worker process.
         access_log=False,
         log_config=logging_config(settings.log_level, settings.log_format),
@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Bring the database schema to the newest migration."""
-    from app.schema import upgrade
+    from app.db.migrate import upgrade
 
     upgrade(settings.database_url, getattr(args, "revision", None) or "head")
     log.info("database schema is at the newest migration")
@@ -60,8 +60,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     """Delete deliveries (with their reports) and quarantined requests older than DAYS."""
 
-    from app.db import create_engine
-    from app.retention import PurgeResult, cutoff_for, purge
+    from app.db.engine import create_engine
+    from app.db.retention import PurgeResult, cutoff_for, purge
 
     days = args.older_than if args.older_than is not None else settings.retention_days
     if days is None:
@@ -108,11 +108,11 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
-    from app.db import create_engine
-    from app.ingest import Writer
-    from app.mboxii import MboxiiClient
-    from app.metrics import Metrics
-    from app.reconcile import Reconciler
+    from app.core.metrics import Metrics
+    from app.db.engine import create_engine
+    from app.gateway import MboxiiClient
+    from app.gateway.reconcile import Reconciler
+    from app.ingest.writer import Writer
 
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     writer = Writer(engine, Metrics(), timeout=settings.ingest_timeout_seconds)
@@ -135,7 +135,7 @@ def cmd_simulate_gateway(args: argparse.Namespace, _: Settings | None) -> int:
 
     import uvicorn
 
-    from app.simulator import SimulatorConfig, create_simulator, describe
+    from simulator.app import SimulatorConfig, create_simulator, describe
 
     config = SimulatorConfig(
         accounts=args.accounts,
@@ -195,10 +195,10 @@ async def replay_all(settings: Settings, include_replayed: bool) -> int:
     """Replay every quarantined row, oldest first, with its own engine and writer."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.db import create_engine
-    from app.ingest import IngestUnavailable, Writer
-    from app.metrics import Metrics
-    from app.quarantine import list_rejected, replay
+    from app.core.metrics import Metrics
+    from app.db.engine import create_engine
+    from app.ingest.quarantine import list_rejected, replay
+    from app.ingest.writer import IngestUnavailable, Writer
 
     engine = create_engine(settings.database_url, pool_size=2)
     writer = Writer(
@@ -260,7 +260,7 @@ def _rate(value: str) -> float:
 
 
 def _accounts(value: str) -> dict[str, str] | None:
-    from app.simulator import parse_accounts
+    from simulator.app import parse_accounts
 
     try:
         return parse_accounts(value)
@@ -269,7 +269,7 @@ def _accounts(value: str) -> dict[str, str] | None:
 
 
 def _delay(value: str) -> tuple[float, float]:
-    from app.simulator import parse_delay
+    from simulator.app import parse_delay
 
     try:
         return parse_delay(value)
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.set_defaults(func=cmd_reconcile)
 
-    from app.simulator import ANSWER_FORMATS
+    from simulator.app import ANSWER_FORMATS
 
     sim = sub.add_parser("simulate-gateway", help=cmd_simulate_gateway.__doc__)
     sim.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")

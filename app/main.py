@@ -19,20 +19,23 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import __version__, dashboard, redact
+from app import __version__, dashboard
+from app.api import deliveries, messages, ops, rejected, stats
+from app.api.auth import require_api_key
+from app.api.errors import install_error_handlers
+from app.api.params import reject_nul
+from app.core import redact
+from app.core.metrics import Metrics
+from app.core.paths import route_template
+from app.core.settings import Settings, get_settings
 from app.dashboard.throttle import LoginThrottle
-from app.db import create_engine
-from app.errors import install_error_handlers
-from app.headers import SecurityHeadersMiddleware, page_csp
-from app.ingest import Writer
-from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.overload import install_overload_answer
-from app.params import reject_nul
-from app.retention import purge_periodically
-from app.routes import callbacks, deliveries, messages, ops, rejected, stats
-from app.security import require_api_key
-from app.settings import Settings, get_settings
+from app.db.engine import create_engine
+from app.db.retention import purge_periodically
+from app.ingest import endpoint as callbacks
+from app.ingest.writer import Writer
+from app.web.headers import SecurityHeadersMiddleware, page_csp
+from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.web.overload import install_overload_answer
 
 log = logging.getLogger("mboxii_dlr")
 
@@ -68,7 +71,7 @@ class DlrApp(FastAPI):
     callback_app: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and callbacks.route_template(scope["path"]) is not None:
+        if scope["type"] == "http" and route_template(scope["path"]) is not None:
             scope["app"] = self
             await self.callback_app(scope, receive, send)
             return
@@ -127,8 +130,8 @@ def create_app(
             )
         reconciler = None
         if settings.mboxii_configured:
-            from app.mboxii import MboxiiClient
-            from app.reconcile import Reconciler
+            from app.gateway import MboxiiClient
+            from app.gateway.reconcile import Reconciler
 
             gateway = MboxiiClient.from_settings(
                 settings,

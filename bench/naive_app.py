@@ -12,9 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app.callback import collect_fields, validate_fields
-from app.db import create_engine
-from app.models import Report
+from app.db.engine import create_engine
+from app.db.models import Report
+from app.ingest.parse import collect_fields, validate_fields
 
 engine = create_engine(os.environ["DLR_DATABASE_URL"], pool_size=20)
 Session = async_sessionmaker(engine, expire_on_commit=False)

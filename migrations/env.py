@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from app import models  # noqa: F401 - registers the tables on Base.metadata
-from app.db import Base, create_engine
-from app.settings import get_settings
+from app.core.settings import get_settings
+from app.db import models  # noqa: F401 - registers the tables on Base.metadata
+from app.db.engine import Base, create_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -25,10 +25,10 @@ from sqlalchemy.engine import make_url
 for _name in [n for n in os.environ if n.startswith("DLR_")]:
     del os.environ[_name]
 
-from app.db import Base, create_engine  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
+from app.db.engine import Base, create_engine  # noqa: E402
+from app.db.migrate import upgrade  # noqa: E402
 from app.main import create_app  # noqa: E402
-from app.schema import upgrade  # noqa: E402
-from app.settings import Settings  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get(

@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 
 from sqlalchemy import func, select, text
 
-from app.db import create_engine
-from app.models import Delivery, Rejected, Report
+from app.db.engine import create_engine
+from app.db.models import Delivery, Rejected, Report
 
 
 @dataclass

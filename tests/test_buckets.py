@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.buckets import MAX_BUCKETS, LocalCalendar, TooManyBuckets, from_epoch, to_epoch
+from app.read.buckets import MAX_BUCKETS, LocalCalendar, TooManyBuckets, from_epoch, to_epoch
 
 ZONES = sorted(available_timezones())
 UTC = dt.UTC

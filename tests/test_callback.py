@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.callback import (
+from app.ingest.parse import (
     CallbackRejected,
     mask_mobile,
     normalize_mobile,

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from app.csvexport import cell, render, safe_cell
+from app.read.csvexport import cell, render, safe_cell
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.cursors import decode_cursor, encode_cursor
-from app.errors import InvalidParameters
+from app.core.errors import InvalidParameters
+from app.read.cursors import decode_cursor, encode_cursor
 
 KEY = b"k" * 32
 

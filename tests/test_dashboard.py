@@ -478,9 +478,9 @@ async def test_the_shared_figures_equal_the_stats_and_reread_closed_days(
 
 async def test_a_recorded_send_without_reports_has_a_batch_view(app_factory: Any) -> None:
     from app.dashboard.data import OverviewCache
-    from app.mboxii.client import SendResult
-    from app.mboxii.message import OutboundMessage
-    from app.sends import record_send
+    from app.gateway.client import SendResult
+    from app.gateway.rules import OutboundMessage
+    from app.gateway.sends import record_send
 
     now = dt.datetime.now(dt.UTC)
     message = OutboundMessage(("+886911222333", "+886922161529"), "hello", "chinese", None)

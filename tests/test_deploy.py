@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.conftest import ROOT, SEED_REPORT, report
 
 DEPLOY = ROOT / "deploy"

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from app.db import create_engine
+from app.db.engine import create_engine
 from tests.conftest import LiveServer, clean_postgres, report
 from tests.helpers import (
     RawResponse,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from app.models import Rejected
+from app.db.models import Rejected
 from tests.conftest import SEED_REPORT, LiveServer
 from tests.helpers import _query, build_request, raw_request
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.mboxii import CODES, MboxiiClient, ScheduledState, prepare_message
-from app.mboxii.answers import parse_check_answer
-from app.mboxii.errors import (
+from app.gateway import CODES, MboxiiClient, ScheduledState, prepare_message
+from app.gateway.answers import parse_check_answer
+from app.gateway.errors import (
     AddressNotAccepted,
     ApiNotEnabled,
     AuthenticationFailed,
@@ -42,7 +42,7 @@ from app.mboxii.errors import (
     TooManyNumbers,
     UnknownCode,
 )
-from app.mboxii.message import InvalidMessage, OutboundMessage
+from app.gateway.rules import InvalidMessage, OutboundMessage
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 NOW = dt.datetime(2026, 11, 26, 4, 2, 30, tzinfo=dt.UTC)  # 12:02:30 in Taipei

@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from app.db import Base, create_engine
-from app.schema import head_revision, upgrade
+from app.db.engine import Base, create_engine
+from app.db.migrate import head_revision, upgrade
 
 
 def _diff(database_url: str) -> list[object]:
@@ -38,7 +38,7 @@ def test_downgrade_and_upgrade_again(tmp_path) -> None:
     upgrade(url)
     from alembic import command
 
-    from app.schema import alembic_config
+    from app.db.migrate import alembic_config
 
     command.downgrade(alembic_config(url), "base")
     upgrade(url)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.logging import REQUEST_ID, ConsoleFormatter, JsonFormatter, mask_numbers
+from app.core.logging import REQUEST_ID, ConsoleFormatter, JsonFormatter, mask_numbers
 from tests.conftest import SEED_REPORT, LiveServer, report
 
 TOKEN = "tok-Observability_1"

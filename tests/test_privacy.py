@@ -12,8 +12,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from app import redact
-from app.logging import JsonFormatter
+from app.core import redact
+from app.core.logging import JsonFormatter
 from tests.conftest import LiveServer, free_port, report
 
 TOKEN = "tok-Secret-4f9a2c7e"

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from app.callback import parse_callback
-from app.mboxii import CheckStatus
-from app.models import Send
-from app.reconcile import poll_report
+from app.db.models import Send
+from app.gateway import CheckStatus
+from app.gateway.reconcile import poll_report
+from app.ingest.parse import parse_callback
 from tests.conftest import SEED_REPORT, report
 from tests.fake_gateway import FakeGateway, service
 

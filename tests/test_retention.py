@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import insert, select, text, update
 
-from app.db import create_engine
-from app.models import Delivery, Rejected, Report, Send, SendNumber
-from app.retention import PurgeResult, _delete_deliveries, cutoff_for, purge
+from app.db.engine import create_engine
+from app.db.models import Delivery, Rejected, Report, Send, SendNumber
+from app.db.retention import PurgeResult, _delete_deliveries, cutoff_for, purge
 from tests.conftest import ROOT, clean_postgres, make_settings, report, running_app
 from tests.helpers import (
     async_table_counts,

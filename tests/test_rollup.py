@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from app.aggregates import _scan_grains, grain_counts
-from app.models import Delivery, DeliveryCount
+from app.db.models import Delivery, DeliveryCount
+from app.read.aggregates import _scan_grains, grain_counts
 from tests.conftest import report
 
 CB = "/callbacks/mboxii"
@@ -93,8 +93,8 @@ def test_migration_backfills_existing_deliveries(database_url: str) -> None:
 
     from alembic import command
 
-    from app.db import create_engine
-    from app.schema import alembic_config, upgrade
+    from app.db.engine import create_engine
+    from app.db.migrate import alembic_config, upgrade
 
     command.downgrade(alembic_config(database_url), "0003")
     done = dt.datetime(2026, 11, 20, 5, 40, 59, 999_999, tzinfo=dt.UTC)
@@ -138,8 +138,8 @@ def test_migration_backfills_existing_deliveries(database_url: str) -> None:
 async def test_stats_summed_per_hour_or_day_in_sql_equal_a_scan(app_factory: Any) -> None:
     from zoneinfo import ZoneInfo
 
-    from app.aggregates import coarsest_unit, delivery_stats, fold_buckets
-    from app.buckets import LocalCalendar
+    from app.read.aggregates import coarsest_unit, delivery_stats, fold_buckets
+    from app.read.buckets import LocalCalendar
 
     rng = random.Random(7)
     base = dt.datetime(2026, 11, 18, 0, 0, 0)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from app.models import Delivery, Rejected, Report
+from app.db.models import Delivery, Rejected, Report
 from tests.conftest import SEED_REPORT, report
 
 CB = "/callbacks/mboxii"
@@ -280,7 +280,7 @@ async def test_delivery_404_and_409(client: httpx.AsyncClient) -> None:
 async def test_503_when_the_database_is_gone(app_factory: Any, database_url: str) -> None:
     async with app_factory(ingest_timeout_seconds=5) as (app, client):
         # Point the writer and quarantine at a database that cannot be reached.
-        from app.db import create_engine
+        from app.db.engine import create_engine
 
         dead_url = (
             "postgresql://postgres@127.0.0.1:1/none"

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from app.callback import validate_fields
-from app.ingest import Job, Writer
-from app.models import Delivery
-from app.schemas import DeliveryRead
+from app.api.schemas import DeliveryRead
+from app.db.models import Delivery
+from app.ingest.parse import validate_fields
+from app.ingest.writer import Job, Writer
 from tests.conftest import report
 from tests.helpers import database_gone
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.sends import unreported_numbers
-from app.settings import Settings, SettingsError, load_settings
+from app.core.settings import Settings, SettingsError, load_settings
+from app.gateway.sends import unreported_numbers
 from tests.conftest import ROOT, make_settings, report
 from tests.fake_gateway import ACCOUNT, PUBLIC_URL, FakeGateway, service
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.cli import main
-from app.models import Report
+from app.db.models import Report
 from tests.conftest import make_settings, report, running_app
 
 CB = "/callbacks/mboxii"

@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from app.callback import FIELDS
-from app.mboxii import MboxiiClient, prepare_message
-from app.mboxii.errors import AuthenticationFailed, NotSentYet, RecordNotFound
-from app.simulator import (
+from app.gateway import MboxiiClient, prepare_message
+from app.gateway.errors import AuthenticationFailed, NotSentYet, RecordNotFound
+from app.ingest.parse import FIELDS
+from simulator.app import (
     ANSWER_FORMATS,
     SimulatorConfig,
     create_simulator,

@@ -28,7 +28,7 @@ from app.dashboard.sessions import (
 )
 from app.dashboard.throttle import LoginThrottle
 from app.dashboard.views import static_files
-from app.security import caller_address
+from app.web.security import caller_address
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 

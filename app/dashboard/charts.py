@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.buckets import Interval
+from app.read.buckets import Interval
 
 WIDTH = 480
 HEIGHT = 210

@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.aggregates import delivery_stats
-from app.buckets import Interval, LocalCalendar, from_epoch, to_epoch
-from app.models import Delivery, Rejected, Report
-from app.sends import unreported_since
+from app.db.models import Delivery, Rejected, Report
+from app.gateway.sends import unreported_since
+from app.read.aggregates import delivery_stats
+from app.read.buckets import Interval, LocalCalendar, from_epoch, to_epoch
 
 LATEST_FAILURES = 10
 HOURS = 24

@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.core.settings import Settings
 from app.dashboard.charts import percent
 from app.dashboard.sessions import (
     COOKIE,
@@ -25,8 +26,7 @@ from app.dashboard.sessions import (
     same_origin,
 )
 from app.dashboard.views import delivery_ref, local_time, render
-from app.models import Delivery
-from app.settings import Settings
+from app.db.models import Delivery
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 

@@ -10,15 +10,7 @@ from urllib.parse import quote, urlencode
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.aggregates import batch_summary
-from app.callback import (
-    DELIVERED_WORDS,
-    FAILED_WORDS,
-    NON_FINAL_WORDS,
-    CallbackRejected,
-    normalize_mobile,
-    parse_callback,
-)
+from app.core.settings import Settings
 from app.dashboard import data
 from app.dashboard.charts import build_chart
 from app.dashboard.pages import (
@@ -31,12 +23,20 @@ from app.dashboard.pages import (
     settings_of,
 )
 from app.dashboard.views import delivery_ref, national
-from app.db import SessionDep
-from app.ingest import IngestUnavailable
-from app.models import Rejected
-from app.quarantine import list_rejected, replay
-from app.queries import get_delivery
-from app.settings import Settings
+from app.db.engine import SessionDep
+from app.db.models import Rejected
+from app.ingest.parse import (
+    DELIVERED_WORDS,
+    FAILED_WORDS,
+    NON_FINAL_WORDS,
+    CallbackRejected,
+    normalize_mobile,
+    parse_callback,
+)
+from app.ingest.quarantine import list_rejected, replay
+from app.ingest.writer import IngestUnavailable
+from app.read.aggregates import batch_summary
+from app.read.queries import get_delivery
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 

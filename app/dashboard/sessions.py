@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from app.cursors import cursor_key
-from app.settings import Settings
+from app.core.settings import Settings
+from app.read.cursors import cursor_key
 
 COOKIE = "dlr_dashboard"
 COOKIE_PATH = "/dashboard"

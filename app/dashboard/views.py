@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from app.callback import mask_mobile, normalize_mobile
-from app.cursors import cursor_key
-from app.settings import Settings
+from app.core.settings import Settings
+from app.ingest.parse import mask_mobile, normalize_mobile
+from app.read.cursors import cursor_key
 
 # Anything that reads as a Taiwan mobile number, in any spelling the callback accepts.
 _MOBILE_LIKE = re.compile(r"(?<![\d+])(?:\+?886[ .-]?0?|0)?9(?:[ .-]?\d){8}(?!\d)")

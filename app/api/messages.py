@@ -1,0 +1,193 @@
+"""Sending through the gateway: send now or schedule, show, cancel (only with an account)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from app.api.errors import error_responses
+from app.api.schemas import GatewayErrorRead, MessageCreate, MessageRead, MessageType
+from app.core import errors
+from app.core.settings import Settings
+from app.db.engine import SessionDep
+from app.db.models import Send
+from app.gateway import GatewayBadAnswer as BadAnswer
+from app.gateway import (
+    GatewayError,
+    GatewayRefused,
+    GatewayTimeout,
+    InvalidMessage,
+    MboxiiClient,
+    prepare_message,
+)
+from app.gateway.sends import (
+    DuplicateSend,
+    find_sends,
+    get_send,
+    mark_cancelled,
+    numbers_of,
+    pending_numbers,
+    record_send,
+)
+
+log = logging.getLogger("mboxii_dlr.messages")
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+
+BatchPath = Annotated[
+    str, Path(description="The gateway's ID of the send", examples=["123456"], max_length=64)
+]
+TypeQuery = Annotated[
+    MessageType | None,
+    Query(description="`now` or `scheduled`, when both sequences share the ID"),
+]
+GATEWAY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    502: {"model": GatewayErrorRead, "description": error_responses(502)[502]["description"]},
+    504: {"model": GatewayErrorRead, "description": error_responses(504)[504]["description"]},
+}
+
+
+def api_error(exc: GatewayError) -> errors.ApiError:
+    """The HTTP answer to a gateway failure: 502 with the code and its meaning, 504 on timeout."""
+    common: dict[str, Any] = {"interface": exc.interface, "answer": exc.raw}
+    if isinstance(exc, GatewayRefused):
+        return errors.GatewayFailed(
+            f"{exc.interface} refused: {exc.meaning}", code=exc.code, meaning=exc.meaning, **common
+        )
+    if isinstance(exc, GatewayTimeout):
+        return errors.GatewayTimedOut(exc.message, **common)
+    if isinstance(exc, BadAnswer):
+        return errors.GatewayBadAnswer(exc.message, **common)
+    return errors.GatewayUnreachable(exc.message, **common)
+
+
+async def message_view(session: SessionDep, send: Send) -> dict[str, Any]:
+    numbers = await numbers_of(session, send.id)
+    pending = 0 if send.cancelled_at else len(await pending_numbers(session, send.id))
+    return {
+        "batch_id": send.batch_id,
+        "type": send.type,
+        "numbers": numbers,
+        "language": send.language,
+        "text": send.text,
+        "send_at": send.send_at,
+        "created_at": send.created_at,
+        "cancelled_at": send.cancelled_at,
+        "gateway_answer": send.gateway_answer,
+        "pending": pending,
+        "next_check_at": send.next_check_at,
+        "last_checked_at": send.last_checked_at,
+    }
+
+
+@router.post(
+    "/messages",
+    status_code=201,
+    response_model=MessageRead,
+    summary="Send a message now, or schedule it",
+    responses={**error_responses(401, 422, 503), **GATEWAY_RESPONSES},
+)
+async def create_message(
+    body: MessageCreate, request: Request, response: Response, session: SessionDep
+) -> dict[str, Any]:
+    """Check the message against the gateway's rules, send or schedule it, and record it."""
+    settings: Settings = request.app.state.settings
+    now = dt.datetime.now(dt.UTC)
+    try:
+        message = prepare_message(
+            body.numbers,
+            body.text,
+            zone=settings.zone,
+            now=now,
+            send_at=body.send_at,
+            language=body.language,
+        )
+    except InvalidMessage as exc:
+        raise errors.InvalidParameters(errors=exc.errors) from None
+    client: MboxiiClient = request.app.state.gateway
+    try:
+        result = await client.send(message, settings.callback_url)
+    except GatewayError as exc:
+        log.warning("send refused: %s", exc.message)
+        raise api_error(exc) from None
+    first_check = (message.send_at or now) + settings.reconcile_after
+    try:
+        send = await record_send(
+            session, message, result, created_at=now, next_check_at=first_check
+        )
+    except DuplicateSend:
+        log.error(
+            "the gateway reused the %s ID %s; the send is not recorded",
+            result.type,
+            result.batch_id,
+        )
+        raise errors.GatewayIdReused(
+            f"the gateway accepted the send but gave it the ID {result.batch_id}, which an "
+            f"earlier {result.type} send already has; this send is not recorded",
+            batch_id=result.batch_id,
+            type=result.type,
+        ) from None
+    except Exception as exc:
+        log.error(
+            "the gateway accepted %s send %s but recording it failed (%s)",
+            result.type,
+            result.batch_id,
+            type(exc).__name__,
+        )
+        raise errors.Unavailable(
+            f"the gateway accepted the send (ID {result.batch_id}) but the database could not "
+            "record it",
+            batch_id=result.batch_id,
+            type=result.type,
+        ) from None
+    log.info("%s send %s to %d numbers", result.type, result.batch_id, len(message.numbers))
+    response.headers["location"] = f"/v1/messages/{send.batch_id}?type={send.type}"
+    return await message_view(session, send)
+
+
+@router.get(
+    "/messages/{batch_id}",
+    response_model=MessageRead,
+    summary="One send",
+    responses=error_responses(401, 404, 409, 422),
+)
+async def read_message(
+    session: SessionDep, batch_id: BatchPath, type: TypeQuery = None
+) -> dict[str, Any]:
+    """Show a recorded send and how many of its numbers still wait for a final report."""
+    return await message_view(session, await get_send(session, batch_id, type))
+
+
+@router.delete(
+    "/messages/{batch_id}",
+    response_model=MessageRead,
+    summary="Cancel a scheduled send",
+    responses={**error_responses(401, 404, 409, 422), **GATEWAY_RESPONSES},
+)
+async def cancel_message(
+    request: Request, session: SessionDep, batch_id: BatchPath, type: TypeQuery = None
+) -> dict[str, Any]:
+    """Cancel a scheduled send at the gateway (SendTimeSMS D=Y) before it goes out."""
+    sends = await find_sends(session, batch_id, type)
+    if not sends:
+        raise errors.NotFound(f"no recorded send with ID {batch_id!r}")
+    scheduled = next((s for s in sends if s.type == "scheduled"), None)
+    if scheduled is None:
+        raise errors.NotCancellable("an immediate send cannot be cancelled")
+    if scheduled.cancelled_at is not None:
+        raise errors.NotCancellable("this scheduled send is already cancelled")
+    now = dt.datetime.now(dt.UTC)
+    if scheduled.send_at is not None and scheduled.send_at <= now:
+        raise errors.NotCancellable("this scheduled send has already gone out")
+    client: MboxiiClient = request.app.state.gateway
+    try:
+        await client.cancel(batch_id)
+    except GatewayError as exc:
+        log.warning("cancel of %s refused: %s", batch_id, exc.message)
+        raise api_error(exc) from None
+    await mark_cancelled(session, scheduled, now)
+    log.info("scheduled send %s cancelled", batch_id)
+    return await message_view(session, scheduled)

@@ -1,0 +1,191 @@
+"""ORM tables: reports, current state per delivery, the quarantine, and our own sends."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    column,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.engine import Base, UTCDateTime
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Report(Base):
+    """One callback as received: never updated, never stored twice."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        CheckConstraint("statuscode IN (0, 1)", name="statuscode"),
+        # The identity, led by msgid: a report's retries meet here (the key hashes msgid
+        # too, so this is as unique as the key alone), inserts of a campaign's ascending
+        # msgids land on neighbouring pages instead of random ones, and a delivery's
+        # history is one short range.
+        UniqueConstraint("msgid", "report_key"),
+        # batch summaries: one range per ID (and type), each delivery's reports together
+        Index("ix_reports_batch_id_type_msgid_mobile", "batch_id", "type", "msgid", "mobile"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # 64-bit blake2b of the normalised identity (ID, msgid, mobile, statuscode, statusstr,
+    # donetime); see app.ingest.parse.report_key
+    report_key: Mapped[int] = mapped_column(BigInteger)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    msgid: Mapped[str] = mapped_column(String(64))
+    mobile: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    statuscode: Mapped[int] = mapped_column(SmallInteger)
+    outcome: Mapped[str] = mapped_column(String(16))
+    final: Mapped[bool] = mapped_column(Boolean)
+    inconsistent: Mapped[bool] = mapped_column(Boolean)
+    done_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(16), default="callback")
+
+
+class Delivery(Base):
+    """The current state of one message (one msgid to one mobile), from its newest report."""
+
+    __tablename__ = "deliveries"
+    # The list is ordered newest done_at first, then msgid and mobile ascending; each index
+    # ends in that order after its equality column so a page is one ordered range scan.
+    # The msgid filter is served by the primary key (msgid, mobile).
+    __table_args__ = (
+        Index("ix_deliveries_done_at_msgid_mobile", column("done_at").desc(), "msgid", "mobile"),
+        Index("ix_deliveries_mobile_done_at_msgid", "mobile", column("done_at").desc(), "msgid"),
+        Index(
+            "ix_deliveries_batch_id_done_at_msgid_mobile",
+            "batch_id",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        Index(
+            "ix_deliveries_status_done_at_msgid_mobile",
+            "status",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        Index(
+            "ix_deliveries_outcome_done_at_msgid_mobile",
+            "outcome",
+            column("done_at").desc(),
+            "msgid",
+            "mobile",
+        ),
+        # Stats read the delivery_counts rollup; a send's numbers are found through the
+        # batch_id index (migration 0005 dropped the indexes these two once had).
+    )
+
+    msgid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    statuscode: Mapped[int] = mapped_column(SmallInteger)
+    outcome: Mapped[str] = mapped_column(String(16))
+    final: Mapped[bool] = mapped_column(Boolean)
+    inconsistent: Mapped[bool] = mapped_column(Boolean)
+    done_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    reports: Mapped[int] = mapped_column(Integer)
+    report_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class Rejected(Base):
+    """A callback request that failed validation, kept whole so it can be replayed."""
+
+    __tablename__ = "rejected"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # sha256 over method, query, content type and body: identical retries share one row
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    count: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(16))
+    query: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(Text)
+    source_address: Mapped[str] = mapped_column(String(64))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    replayed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Send(Base):
+    """One send through the gateway (now or scheduled, up to 80 numbers, one gateway ID),
+    and where its reconciliation stands."""
+
+    __tablename__ = "sends"
+    __table_args__ = (
+        # Immediate and scheduled sends number their IDs in two sequences.
+        UniqueConstraint("batch_id", "type"),
+        CheckConstraint("type IN ('now', 'scheduled')", name="type"),
+        Index("ix_sends_next_check_at", "next_check_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    language: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    send_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    gateway_answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Reconciliation: when to ask CheckSMS next (NULL: no more), and how it went so far.
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    check_errors: Mapped[int] = mapped_column(Integer, default=0)
+    last_check_result: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SendNumber(Base):
+    """One number of a send, in E.164, in the order given."""
+
+    __tablename__ = "send_numbers"
+
+    send_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True
+    )
+    mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger)
+
+
+class DeliveryCount(Base):
+    """Deliveries per 15-minute UTC grain of done_at, type, outcome and status word.
+
+    A rollup kept exact by triggers on deliveries (insert, update, delete), in the same
+    transaction as the change, so stats over months never scan deliveries. 15 minutes is the
+    grain every zone offset in use divides.
+    """
+
+    __tablename__ = "delivery_counts"
+
+    grain: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

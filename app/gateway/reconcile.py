@@ -1,0 +1,338 @@
+"""Reconciliation: ask CheckSMS about numbers whose report never came, store what it says."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, fields
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.settings import Settings
+from app.db.models import Send
+from app.gateway import (
+    CheckResult,
+    CheckStatus,
+    GatewayError,
+    GatewayRefused,
+    MboxiiClient,
+    NotSentYet,
+)
+from app.gateway.sends import pending_numbers
+from app.ingest.parse import CallbackRejected, ParsedReport, validate_fields
+from app.ingest.writer import IngestRefused, IngestUnavailable, Writer
+
+log = logging.getLogger("mboxii_dlr.reconcile")
+
+#: Sends looked at per pass; the rest wait for the next pass.
+PASS_LIMIT = 200
+#: What is kept of a CheckSMS answer on the send, for the operator.
+KEEP_ANSWER = 4000
+
+
+def poll_report(
+    batch_id: str,
+    type: str,
+    status: CheckStatus,
+    zone: ZoneInfo,
+    received_at: dt.datetime,
+) -> ParsedReport | None:
+    """A CheckSMS STATUS line as the report its callback would be, or None while it waits.
+
+    The fields go through the callback's own validation, so the identity (ID, msgid,
+    mobile, statuscode, statusstr, donetime) of a polled report equals its callback's."""
+    if status.statuscode is None or not status.text:
+        return None
+    values = {
+        "ID": batch_id,
+        "msgid": status.msgid,
+        "type": "Now" if type == "now" else "dlv",
+        "mobile": status.mobile,
+        "donetime": status.time,
+        # CheckSMS writes 0 for success and -1 for failure; the callback 1 and 0.
+        "statuscode": str(status.statuscode),
+        "statusstr": status.text,
+    }
+    return validate_fields(values, zone, received_at)
+
+
+class RateLimiter:
+    """At most `rate` calls per second, spaced evenly, shared by every task."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+                now = self._next
+            self._next = now + self.interval
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one reconciliation pass did."""
+
+    checked: int = 0
+    reports_new: int = 0
+    reports_duplicate: int = 0
+    complete: int = 0
+    not_sent_yet: int = 0
+    errors: int = 0
+    gave_up: int = 0
+
+    def add(self, other: PassResult) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def __str__(self) -> str:
+        parts = (f"{f.name.replace('_', ' ')} {getattr(self, f.name)}" for f in fields(self))
+        return ", ".join(parts)
+
+
+class Reconciler:
+    """Finds sends whose numbers still lack a final report after DLR_RECONCILE_AFTER, asks
+    CheckSMS about them (rate limited, a few at a time) and submits what it learns to the
+    ingest writer as `poll` reports. Backs off per send and, for errors that concern the
+    whole account or gateway, globally."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        writer: Writer,
+        client: MboxiiClient,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.writer = writer
+        self.client = client
+        self.limiter = RateLimiter(settings.reconcile_rate)
+        self.slots = asyncio.Semaphore(settings.reconcile_concurrency)
+        self._paused_until: dt.datetime | None = None
+        self._global_errors = 0
+        self._task: asyncio.Task[None] | None = None
+        # A claim outlives the slowest possible check, then another process may retry.
+        self.lease = dt.timedelta(seconds=max(60.0, 4 * settings.mboxii_timeout_seconds))
+
+    # ------------------------------------------------------------ scheduling
+
+    def backoff(self, errors: int) -> dt.timedelta:
+        """Exponential delay after `errors` failures in a row, capped."""
+        base = self.settings.reconcile_interval
+        cap = self.settings.reconcile_backoff_max
+        delay: dt.timedelta = base * (2 ** min(errors, 20))
+        return min(delay, cap)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run_forever(), name="mboxii-dlr-reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run_forever(self) -> None:
+        interval = self.settings.reconcile_interval.total_seconds()
+        while True:
+            try:
+                result = await self.run_once()
+                if result.checked or result.gave_up:
+                    log.info("reconciliation pass: %s", result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must survive a bad pass (the database away, ...)
+                log.exception("reconciliation pass failed")
+            await asyncio.sleep(interval)
+
+    async def run_once(self, *, everything: bool = False) -> PassResult:
+        """One pass over the sends that are due (every send still reconciled if
+        `everything`); returns what it did."""
+        now = dt.datetime.now(dt.UTC)
+        total = PassResult()
+        if self._paused_until is not None and now < self._paused_until:
+            return total
+        stmt = select(Send).where(Send.next_check_at.is_not(None), Send.cancelled_at.is_(None))
+        if not everything:
+            stmt = stmt.where(Send.next_check_at <= now)
+        async with self.sessionmaker() as session:
+            due = list(
+                (await session.scalars(stmt.order_by(Send.next_check_at).limit(PASS_LIMIT))).all()
+            )
+        results = await asyncio.gather(*(self._guarded(send) for send in due))
+        for result in results:
+            total.add(result)
+        return total
+
+    async def _guarded(self, send: Send) -> PassResult:
+        async with self.slots:
+            if self._paused_until is not None and dt.datetime.now(dt.UTC) < self._paused_until:
+                return PassResult()
+            return await self.reconcile_send(send)
+
+    # ------------------------------------------------------------ one send
+
+    async def _set(self, send: Send, **values: object) -> None:
+        async with self.sessionmaker() as session:
+            await session.execute(update(Send).where(Send.id == send.id).values(**values))
+            await session.commit()
+
+    async def _claim(self, send: Send, now: dt.datetime) -> bool:
+        """Take the send for this check, unless another process or task took it first."""
+        async with self.sessionmaker() as session:
+            result = await session.execute(
+                update(Send)
+                .where(Send.id == send.id, Send.next_check_at == send.next_check_at)
+                .values(next_check_at=now + self.lease)
+            )
+            await session.commit()
+        return bool(getattr(result, "rowcount", 0))
+
+    async def reconcile_send(self, send: Send) -> PassResult:
+        """Check one send at the gateway and store what it reports."""
+        result = PassResult()
+        now = dt.datetime.now(dt.UTC)
+        started = send.send_at or send.created_at
+        async with self.sessionmaker() as session:
+            pending = set(await pending_numbers(session, send.id))
+        if not pending:
+            await self._set(send, next_check_at=None)
+            result.complete = 1
+            return result
+        if now - started > self.settings.reconcile_give_up_after:
+            log.warning(
+                "%s send %s: giving up on %d numbers without a final report",
+                send.type,
+                send.batch_id,
+                len(pending),
+            )
+            await self._set(send, next_check_at=None, last_check_result="gave up: no final report")
+            result.gave_up = 1
+            return result
+        if not await self._claim(send, now):
+            return result
+
+        await self.limiter.wait()
+        paused = self._paused_until
+        if paused is not None and dt.datetime.now(dt.UTC) < paused:
+            # Another check failed for the whole account while this one waited its turn.
+            await self._set(send, next_check_at=paused)
+            return result
+        result.checked = 1
+        try:
+            answer = await self.client.check(send.batch_id, scheduled=send.type == "scheduled")
+        except NotSentYet as exc:
+            # Not an error: the scheduled send has simply not gone out yet.
+            result.not_sent_yet = 1
+            wait_from = max(now, send.send_at or now)
+            await self._checked(send, now, exc.raw, next_at=wait_from + self._after(), errors=0)
+            return result
+        except GatewayError as exc:
+            result.errors = 1
+            await self._failed(send, now, exc)
+            return result
+        self._global_errors = 0
+        self._paused_until = None
+
+        try:
+            new, duplicate = await self._store(send, answer, pending)
+        except (IngestUnavailable, IngestRefused) as exc:
+            # Our storage, not the gateway: ask again soon, without counting an error.
+            log.warning(
+                "%s send %s: storing polled reports failed (%s)", send.type, send.batch_id, exc
+            )
+            await self._checked(
+                send, now, answer.raw, next_at=now + self.settings.reconcile_interval, errors=0
+            )
+            result.errors = 1
+            return result
+        result.reports_new, result.reports_duplicate = new, duplicate
+        async with self.sessionmaker() as session:
+            still = await pending_numbers(session, send.id)
+        next_at = None if not still else now + self._after()
+        if not still:
+            result.complete = 1
+        await self._checked(send, now, answer.raw, next_at=next_at, errors=0)
+        return result
+
+    def _after(self) -> dt.timedelta:
+        return max(self.settings.reconcile_after, self.settings.reconcile_interval)
+
+    async def _store(self, send: Send, answer: CheckResult, pending: set[str]) -> tuple[int, int]:
+        received_at = dt.datetime.now(dt.UTC)
+        reports: list[ParsedReport] = []
+        for status in answer.statuses:
+            try:
+                report = poll_report(
+                    send.batch_id, send.type, status, self.settings.zone, received_at
+                )
+            except CallbackRejected as exc:
+                log.warning(
+                    "%s send %s: a CheckSMS STATUS line is not a valid report: %s",
+                    send.type,
+                    send.batch_id,
+                    "; ".join(f"{e['field']} {e['message']}" for e in exc.errors),
+                )
+                continue
+            # Numbers already final need nothing; the newest word is already known.
+            if report is not None and report.mobile in pending:
+                reports.append(report)
+        outcomes = await asyncio.gather(
+            *(self.writer.submit(r, received_at, source="poll") for r in reports)
+        )
+        new = sum(outcomes)
+        return new, len(outcomes) - new
+
+    async def _checked(
+        self,
+        send: Send,
+        now: dt.datetime,
+        raw: str,
+        *,
+        next_at: dt.datetime | None,
+        errors: int,
+    ) -> None:
+        await self._set(
+            send,
+            next_check_at=next_at,
+            last_checked_at=now,
+            checks=send.checks + 1,
+            check_errors=errors,
+            last_check_result=raw[:KEEP_ANSWER],
+        )
+
+    async def _failed(self, send: Send, now: dt.datetime, exc: GatewayError) -> None:
+        errors = send.check_errors + 1
+        delay = self.backoff(errors)
+        account_wide = not isinstance(exc, GatewayRefused) or exc.account_wide
+        if account_wide:
+            # The gateway or the account is the problem: every send would fail alike.
+            self._global_errors += 1
+            pause = self.backoff(self._global_errors)
+            self._paused_until = now + pause
+            log.warning(
+                "CheckSMS failed (%s); pausing reconciliation for %.0fs", exc, pause.total_seconds()
+            )
+        else:
+            log.warning(
+                "%s send %s: CheckSMS failed (%s); next try in %.0fs",
+                send.type,
+                send.batch_id,
+                exc,
+                delay.total_seconds(),
+            )
+        summary = f"{type(exc).__name__}: {exc}"
+        if exc.raw:
+            summary += f"\n{exc.raw}"
+        await self._checked(send, now, summary, next_at=now + delay, errors=errors)

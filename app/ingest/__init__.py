@@ -1,0 +1,1 @@
+"""The write path: parse a callback, fold reports by the ordering rule, commit them in groups."""

@@ -1,0 +1,1 @@
+"""The read path: lookups, filters, keyset cursors, aggregates and exports, in SQL."""

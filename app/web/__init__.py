@@ -1,0 +1,1 @@
+"""HTTP plumbing around every route: request context, headers, bodies, caller addresses."""

@@ -1,0 +1,93 @@
+"""Who is calling: secrets compared in constant time, caller addresses behind trusted proxies."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from starlette.types import Scope
+
+from app.core.settings import IPNetwork
+
+
+def matches_secret(given: str, secrets: Sequence[str]) -> bool:
+    """Compare against every configured secret in constant time, without short-circuit."""
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(given_bytes, secret.encode("utf-8"))
+    return found
+
+
+@lru_cache(maxsize=4096)  # callers are a handful of gateway and proxy addresses
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return None  # a zone index means nothing beyond the proxy's own host
+    return address
+
+
+def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Iterable[IPNetwork]) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in nets)
+
+
+UNKNOWN_ADDRESS = "unknown"
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted_proxies: Sequence[IPNetwork]
+) -> str:
+    """The caller's address: the peer, or, when the peer is a trusted proxy, the nearest
+    untrusted hop of X-Forwarded-For (read right to left, so a client cannot forge it)."""
+    peer_ip = _address(peer or "")
+    if peer_ip is None:
+        return UNKNOWN_ADDRESS
+    if not forwarded_for or not trusted_proxies or not _in(peer_ip, trusted_proxies):
+        return str(peer_ip)
+    hop = peer_ip
+    for text in reversed(forwarded_for.split(",")):
+        if not text.strip():
+            continue
+        parsed = _address(text)
+        if parsed is None:
+            # Whatever stands left of a hop our proxy could not name was written by someone
+            # we do not trust; the caller is unknown (and outside every allowlist).
+            return UNKNOWN_ADDRESS
+        hop = parsed
+        if not _in(hop, trusted_proxies):
+            return str(hop)
+    return str(hop)  # every hop is one of our proxies: the leftmost is the caller
+
+
+def forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Every X-Forwarded-For header line joined in order, as RFC 9110 reads repeated fields."""
+    values = [value.decode("latin-1") for name, value in headers if name == b"x-forwarded-for"]
+    return ",".join(values) if values else None
+
+
+def caller_address(scope: Scope, trusted_proxies: Sequence[IPNetwork]) -> str:
+    """The address of the request's caller, as `client_address` decides it."""
+    client = scope.get("client")
+    return client_address(
+        client[0] if client else None, forwarded_for(scope["headers"]), trusted_proxies
+    )
+
+
+def address_allowed(address: str, networks: Sequence[IPNetwork]) -> bool:
+    """True when no allowlist is set or the address lies in one of its networks."""
+    if not networks:
+        return True
+    ip = _address(address)
+    return ip is not None and _in(ip, networks)

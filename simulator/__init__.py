@@ -1,0 +1,1 @@
+"""A simulator of the MboxII gateway, a second application beside the service (tests, demos)."""
