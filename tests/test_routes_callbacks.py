@@ -18,7 +18,7 @@ CB = "/callbacks/mboxii"
 
 
 async def count(app: Any, model: Any) -> int:
-    async with app.state.engine.connect() as conn:
+    async with app.app_state.engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(model))).scalar_one())
 
 
@@ -140,7 +140,7 @@ async def test_invalid_is_422_with_errors_and_quarantined_once(app_factory: Any)
         for _ in range(4):
             again = await client.post(CB + "?extra=1", data=bad)
             assert again.json()["rejected_id"] == body["rejected_id"]
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             rows = (await conn.execute(select(Rejected))).all()
         assert len(rows) == 1
         row = rows[0]
@@ -160,7 +160,7 @@ async def test_malformed_body_is_422_and_keeps_raw_bytes(app_factory: Any) -> No
         raw = b'{"ID": "1", \xff'
         r = await client.post(CB, content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             row = (await conn.execute(select(Rejected))).one()
         assert row.reason == "malformed_body"
         assert row.body == raw
@@ -277,36 +277,33 @@ async def test_delivery_404_and_409(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/deliveries/208217564", params={"mobile": "x"})).status_code == 422
 
 
-async def test_503_when_the_database_is_gone(app_factory: Any, database_url: str) -> None:
-    async with app_factory(ingest_timeout_seconds=5) as (app, client):
-        # Point the writer and quarantine at a database that cannot be reached.
-        from app.db.engine import create_engine
+@pytest.mark.parametrize(
+    "dead_url",
+    [
+        # a file with no tables: every write fails as an outage would
+        "sqlite:///{tmp}/never-migrated.db",
+        pytest.param("postgresql://postgres@127.0.0.1:1/none", marks=pytest.mark.postgres),
+    ],
+)
+async def test_503_when_the_database_is_gone(
+    dead_url: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import make_settings, running_app
 
-        dead_url = (
-            "postgresql://postgres@127.0.0.1:1/none"
-            if database_url.startswith("postgresql")
-            else "sqlite:////nonexistent-dir/x/y.db"
-        )
-        dead = create_engine(dead_url)
-        live_engine = app.state.engine
-        live_store = app.state.writer._store
-        app.state.writer._store = app.state.writer.store_for(dead)
-        app.state.engine = dead
-        try:
-            r = await client.post(CB, data=SEED_REPORT)
-            assert r.status_code == 503
-            assert int(r.headers["retry-after"]) > 0
-            assert r.json()["error"] == "unavailable"
-            r = await client.post(CB, data=report(mobile="bad"))
-            assert r.status_code == 503
-        finally:
-            await app.state.writer._store.close()
-            app.state.writer._store = live_store
-            app.state.engine = live_engine
-            await dead.dispose()
-        async with live_engine.connect() as conn:
-            assert (await conn.execute(text("SELECT count(*) FROM reports"))).scalar_one() == 0
-        assert (await client.get("/readyz")).status_code == 200
+    settings = make_settings(dead_url.format(tmp=tmp_path), ingest_timeout_seconds=5)
+    async with running_app(settings) as (_, client):
+        r = await client.post(CB, data=SEED_REPORT)
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 0
+        assert r.json()["error"] == "unavailable"
+        # nor can a rejected request be quarantined: 503, so the gateway retries it
+        r = await client.post(CB, data=report(mobile="bad"))
+        assert r.status_code == 503
+        assert (await client.get("/readyz")).status_code == 503
+    # the app said so when it started, naming the database without its password
+    [started] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][:1]
+    assert started.startswith("database ")
+    assert "/readyz answers 503" in started
 
 
 async def test_readyz_503_when_not_migrated(tmp_path: Any) -> None:
@@ -338,7 +335,7 @@ async def test_concurrent_load_is_group_committed(app_factory: Any) -> None:
 async def test_poison_report_fails_alone(app_factory: Any, database_url: str) -> None:
     async with app_factory(ingest_batch_delay_ms=50) as (app, client):
         # A rule the database enforces and validation does not know of.
-        async with app.state.engine.begin() as conn:
+        async with app.app_state.engine.begin() as conn:
             if database_url.startswith("postgresql"):
                 await conn.execute(
                     text("ALTER TABLE reports ADD CONSTRAINT no_poison CHECK (msgid <> 'poison')")
@@ -362,7 +359,7 @@ async def test_poison_report_fails_alone(app_factory: Any, database_url: str) ->
             assert poison["error"] == "storage_refused"
             assert isinstance(poison["rejected_id"], int)
         finally:
-            async with app.state.engine.begin() as conn:
+            async with app.app_state.engine.begin() as conn:
                 if database_url.startswith("postgresql"):
                     await conn.execute(text("ALTER TABLE reports DROP CONSTRAINT no_poison"))
                 else:

@@ -146,7 +146,7 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(database_url:
     async with app.router.lifespan_context(app), _client(app, "10.0.0.1") as client:
         chain = {"x-forwarded-for": "2001:db8::7, 10.0.0.2"}
         assert (await client.post(CB, data=report(mobile="x"), headers=chain)).status_code == 422
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             sources = (await conn.execute(text("SELECT source_address FROM rejected"))).all()
     assert [s[0] for s in sources] == ["2001:db8::7"]
 

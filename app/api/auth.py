@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import Request
 
 from app.core.errors import Unauthorized
+from app.state import SettingsDep
 from app.web.security import matches_secret
 
 
-def require_api_key(request: Request) -> None:
+def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Let a /v1 request through when DLR_API_KEYS is empty or it carries one of the keys."""
-    keys: list[str] = request.app.state.settings.api_keys
+    keys = settings.api_keys
     if not keys:
         return
     given = request.headers.get("x-api-key")

@@ -26,8 +26,8 @@ from app.dashboard.sessions import (
     matching_key,
     same_origin,
 )
-from app.dashboard.throttle import LoginThrottle
 from app.dashboard.views import static_files
+from app.state import get_state
 from app.web.security import caller_address
 
 log = logging.getLogger("mboxii_dlr.dashboard")
@@ -81,7 +81,7 @@ async def log_in(request: Request) -> Response:
         return redirect(target)
     if not same_origin(request):
         raise PageError(403, "Form refused", "This login form was sent from another site.")
-    throttle: LoginThrottle = request.app.state.login_throttle
+    throttle = get_state(request).login_throttle
     address = caller_address(request.scope, settings.trusted_proxies)
     wait = throttle.retry_after(address)
     if wait is not None:

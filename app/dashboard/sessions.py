@@ -16,6 +16,7 @@ from fastapi import Request
 
 from app.core.settings import Settings
 from app.read.cursors import cursor_key
+from app.state import get_state
 
 COOKIE = "dlr_dashboard"
 COOKIE_PATH = "/dashboard"
@@ -110,7 +111,7 @@ def matching_key(given: str, keys: Sequence[str]) -> str | None:
 
 def current_session(request: Request) -> Session | None:
     """The request's valid session; on an open dashboard, a new one when it has none."""
-    settings: Settings = request.app.state.settings
+    settings = get_state(request).settings
     session = verify(settings, request.cookies.get(COOKIE))
     if session is None and not settings.api_keys:
         session = issue(settings, None)
@@ -121,7 +122,7 @@ def is_https(request: Request) -> bool:
     """Whether the browser reached us over https, directly or through a trusted proxy."""
     if request.url.scheme == "https":
         return True
-    settings: Settings = request.app.state.settings
+    settings = get_state(request).settings
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     if forwarded != "https" or request.client is None:
         return False

@@ -27,7 +27,7 @@ class GatewayTimeout(GatewayUnavailable):
     """The gateway did not answer in time; a send may or may not have happened."""
 
 
-class GatewayBadAnswer(GatewayError):
+class UnreadableAnswer(GatewayError):
     """The gateway answered text this client cannot read."""
 
 

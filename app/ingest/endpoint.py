@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 from typing import Any
 
-from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
 from app.core.paths import ROUTE, token_of
@@ -15,6 +14,7 @@ from app.core.settings import Settings
 from app.ingest.parse import CallbackRejected, mask_mobile, parse_callback
 from app.ingest.quarantine import RawRequest, quarantine
 from app.ingest.writer import IngestRefused, IngestUnavailable
+from app.state import AppState
 from app.web.answers import TEXT_TYPE, refuse, send_answer, send_json
 from app.web.bodies import BodyTooLarge, declared_over, read_body, too_large
 from app.web.security import address_allowed, caller_address, matches_secret
@@ -27,7 +27,7 @@ class CallbackEndpoint:
     app.main.DlrApp): it must answer fast and never redirect, and it decides for itself
     what the raw request bytes mean."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,7 +154,9 @@ class CallbackEndpoint:
         status: int | None = None,
     ) -> None:
         try:
-            rejected_id = await quarantine(self.state.engine, raw, reason, errors, received_at)
+            # The endpoint owns this transaction: the row is committed before the answer.
+            async with self.state.sessionmaker.begin() as session:
+                rejected_id = await quarantine(session, raw, reason, errors, received_at)
         except Exception as exc:
             log.error("quarantine unreachable (%s); answering 503", exc.__class__.__name__)
             self.state.metrics.unavailable.labels("quarantine").inc()
