@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -370,8 +369,65 @@ async def test_openapi_documents_the_callback(client: httpx.AsyncClient) -> None
     spec = (await client.get("/openapi.json")).json()
     ops = spec["paths"]["/callbacks/mboxii/{token}"]
     assert set(ops) == {"get", "post"}
-    assert {"200", "404", "413", "415", "422", "503"} <= set(ops["post"]["responses"])
-    assert json.dumps(spec)  # serialisable
+    fields = ["ID", "msgid", "type", "mobile", "donetime", "statuscode", "statusstr"]
+    get_params = {p["name"]: p["in"] for p in ops["get"]["parameters"]}
+    assert get_params == {"token": "path", **dict.fromkeys(fields, "query")}
+    bodies = ops["post"]["requestBody"]["content"]
+    assert set(bodies) == {
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "application/json",
+    }
+    for body in bodies.values():
+        assert list(body["schema"]["properties"]) == fields
+        assert body["example"] == SEED_REPORT
+    for op in ops.values():
+        responses = op["responses"]
+        assert {"200", "403", "404", "413", "415", "422", "500", "503"} == set(responses)
+        assert list(responses["200"]["content"]) == ["text/plain"]
+        rejected = responses["422"]["content"]["application/json"]["schema"]["$ref"]
+        assert rejected == "#/components/schemas/CallbackRejectedRead"
+    assert spec["components"]["schemas"]["CallbackRejectedRead"]["required"] == [
+        "error",
+        "errors",
+        "rejected_id",
+    ]
+
+
+async def test_every_callback_answer_is_the_endpoints_and_documented(app_factory: Any) -> None:
+    # The documented routes are never reached: the callback endpoint answers first (FastAPI's
+    # route would validate the query itself, and fails loudly if ever called).
+    async with app_factory(callback_tokens=["tok-1"], max_body_bytes=1024) as (_, client):
+        spec = (await client.get("/openapi.json")).json()["paths"]["/callbacks/mboxii/{token}"]
+        url = f"{CB}/tok-1"
+        answers = {
+            "post": [
+                await client.post(url, data=SEED_REPORT),
+                await client.post(f"{CB}/wrong", data=SEED_REPORT),
+                await client.post(url, content=b"x" * 2048),
+                await client.post(url, content=b"<a/>", headers={"content-type": "text/xml"}),
+                await client.post(url, data=report(mobile="bad")),
+                await client.post(url, json=report(msgid="json")),
+            ],
+            "get": [
+                await client.get(url, params=report(msgid="get")),
+                await client.get(url),
+            ],
+        }
+        for method, responses in answers.items():
+            for r in responses:
+                documented = spec[method]["responses"][str(r.status_code)]
+                media = r.headers["content-type"].split(";")[0]
+                assert media in documented["content"], (method, r.status_code, media)
+        statuses = {m: [r.status_code for r in rs] for m, rs in answers.items()}
+        assert statuses == {"post": [200, 404, 413, 415, 422, 200], "get": [200, 422]}
+        # the endpoint's own 422 (quarantined), not FastAPI's parameter validation
+        assert answers["get"][1].json()["error"] == "invalid_callback"
+        assert answers["post"][0].text == "OK"
+    async with app_factory(callback_networks="10.0.0.0/8") as (_, client):
+        r = await client.post(CB, data=SEED_REPORT)
+        assert r.status_code == 403
+        assert "application/json" in spec["post"]["responses"]["403"]["content"]
 
 
 async def test_sequential_callbacks_are_each_committed_without_waiting_for_company(
