@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from app.db.engine import Base, create_engine
-from app.db.migrate import head_revision, upgrade
+from app.db.migrate import current_revision, head_revision, upgrade
 
 
 def _diff(database_url: str) -> list[object]:
@@ -43,12 +43,15 @@ def test_downgrade_and_upgrade_again(tmp_path) -> None:
     command.downgrade(alembic_config(url), "base")
     upgrade(url)
 
-    async def tables() -> set[str]:
+    async def tables_and_revision() -> tuple[set[str], str | None]:
         engine = create_engine(url, pool_size=1)
         async with engine.connect() as conn:
             names = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+            revision = await current_revision(conn)
         await engine.dispose()
-        return names
+        return names, revision
 
-    assert set(Base.metadata.tables) <= asyncio.run(tables())
-    assert head_revision()
+    names, revision = asyncio.run(tables_and_revision())
+    assert set(Base.metadata.tables) <= names
+    # back at the newest migration
+    assert revision is not None and revision == head_revision()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 Interface = Literal["SendSMS", "SendTimeSMS", "CheckSMS"]
-INTERFACES: tuple[Interface, ...] = ("SendSMS", "SendTimeSMS", "CheckSMS")
 
 
 class GatewayError(Exception):

@@ -562,10 +562,6 @@ class Writer:
             return ThreadStore(engine.url.render_as_string(hide_password=False))
         return AsyncStore(engine)
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mboxii-dlr-writer")
 
