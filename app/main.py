@@ -8,12 +8,14 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 
 import httpx
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -40,6 +42,9 @@ from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.web.overload import install_overload_answer
 
 log = logging.getLogger("mboxii_dlr")
+
+DOCS_ASSETS = "/docs/assets"
+SWAGGER_UI_FILES = str(resources.files("fastapi_offline") / "static")
 
 # Request bodies of the API and the dashboard (the largest, POST /v1/messages, is a few KiB).
 API_MAX_BODY_BYTES = 64 * 1024
@@ -189,9 +194,15 @@ def create_app(
         CallbackEndpoint(state), settings=settings, metrics=metrics
     )
 
+    # The Swagger UI's files come with the fastapi-offline package, so /docs works without
+    # reaching a CDN (offline, or behind a strict egress policy).
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_UI_FILES), name="docs-assets")
     docs = get_swagger_ui_html(
         openapi_url=app.openapi_url or "/openapi.json",
         title=f"{app.title} - API documentation",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
         # No validator badge: it would load an image from validator.swagger.io.
         swagger_ui_parameters={"validatorUrl": None},
     )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
 
+from app.cli import main
 from app.db.engine import Base, create_engine
 from app.db.migrate import current_revision, head_revision, upgrade
 
@@ -55,3 +59,36 @@ def test_downgrade_and_upgrade_again(tmp_path) -> None:
     assert set(Base.metadata.tables) <= names
     # back at the newest migration
     assert revision is not None and revision == head_revision()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_migrate_says_in_one_line_which_database_is_missing(
+    backend: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    if backend == "postgresql":
+        live = request.getfixturevalue("postgres_url")  # skips (fails in CI) without a server
+        url = (
+            make_url(live)
+            .set(password="hunter2-secret", database="mboxii_never_created")
+            .render_as_string(hide_password=False)
+        )
+        expected = 'database "mboxii_never_created" does not exist'
+    else:
+        (tmp_path / "a-file").write_text("not a directory")
+        url = f"sqlite:///{tmp_path}/a-file/dlr.db"
+        expected = "a-file"
+    monkeypatch.chdir(tmp_path)  # no stray .env file
+    monkeypatch.setenv("DLR_DATABASE_URL", url)
+    assert main(["migrate"]) == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith("mboxii-dlr: cannot migrate the database ")
+    assert expected in line
+    assert "hunter2-secret" not in captured.err + captured.out
+    assert "Traceback" not in captured.err

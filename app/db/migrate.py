@@ -55,8 +55,17 @@ async def schema_problem(engine: AsyncEngine) -> str | None:
 def describe_error(exc: BaseException) -> str:
     """A database error in one line: the driver's own message, without SQL or parameters."""
     cause = getattr(exc, "orig", None) or exc
+    name = type(cause).__name__
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    if not text:
+        return name
+    # The drivers' generic classes say nothing their message does not.
+    return text if name in _GENERIC_ERRORS else f"{name}: {text}"
+
+
+_GENERIC_ERRORS = frozenset(
+    {"Error", "DatabaseError", "OperationalError", "InterfaceError", "ProgrammingError"}
+)
 
 
 async def current_revision(connection: AsyncConnection) -> str | None:
