@@ -76,7 +76,7 @@ class DlrApp(FastAPI):
     FastAPI as usual."""
 
     callback_app: ASGIApp
-    #: what the routes share; read it through the dependencies of app.state
+    #: what the routes share; they read it through the dependencies in app/state.py
     app_state: AppState
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
