@@ -11,14 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.ingest.parse import (
-    CallbackRejected,
-    mask_mobile,
-    normalize_mobile,
-    normalize_mobile_phonenumbers,
-    parse_callback,
-    parse_donetime,
-)
+from app.core.mobiles import mask_mobile, normalize_mobile, normalize_mobile_phonenumbers
+from app.ingest.parse import CallbackRejected, parse_callback, parse_donetime
 from tests.conftest import SEED_REPORT, report
 
 TAIPEI = ZoneInfo("Asia/Taipei")
