@@ -290,3 +290,53 @@ def test_real_server_writes_json_lines_for_uvicorn_and_us(
         "gw-42",
     )
     assert TOKEN not in server.output
+
+
+FORGED = "2031-01-02 03:04:05,678 INFO    mboxii_dlr.access [-] GET /v1/stats 200 1.00ms"
+
+
+@pytest.mark.parametrize("formatter", [ConsoleFormatter, JsonFormatter])
+async def test_a_request_cannot_forge_log_lines(
+    app_factory: Callable[..., Any], formatter: type[logging.Formatter]
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter())
+    logger = logging.getLogger("mboxii_dlr")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with app_factory() as (_, client):
+            for path in (
+                "/nope%0A" + FORGED,  # LF
+                "/nope%0D%0A" + FORGED,  # CR LF
+                "/nope%1B%5B2K%0D" + FORGED,  # ANSI: erase the line, back to its start
+                "/nope%C2%9B2K%C2%85" + FORGED,  # C1: CSI and NEL
+                "/nope%E2%80%A8" + FORGED,  # Unicode line separator
+            ):
+                assert (await client.get(path)).status_code == 404
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    output = stream.getvalue()
+    lines = output.split("\n")[:-1]
+    access = [line for line in lines if "/nope" in line]
+    assert len(access) == 5, output  # one line per request, nothing else
+    for line in lines:
+        assert not line.startswith("2031-01-02"), line
+        assert not any(c in line for c in "\r\x1b\x85\x9b\u2028\u2029"), repr(line)
+    assert "/nope\\n2031-01-02" in output
+
+
+def test_console_tracebacks_keep_their_lines_indented() -> None:
+    try:
+        raise ValueError("bad\n" + FORGED)
+    except ValueError:
+        record = logging.getLogger("t").makeRecord(
+            "t", logging.ERROR, __file__, 1, "failed", (), exc_info=__import__("sys").exc_info()
+        )
+    first, *rest = ConsoleFormatter().format(record).split("\n")
+    assert first.endswith("ERROR   t [-] failed")
+    assert rest and all(line.startswith("  ") for line in rest), rest
+    assert "  Traceback (most recent call last):" in rest
