@@ -14,10 +14,18 @@ async def require_api_key(request: Request) -> None:
     """Let a /v1 request through when DLR_API_KEYS is empty or it carries one of the keys.
 
     Refused keys count against the caller's address (app.db.throttle, shared with the
-    dashboard's login form); a locked address gets 429 whatever key it sends."""
+    dashboard's login form); a locked address gets 429 whatever key it sends. A request
+    without a key costs no look at the throttle."""
     settings: Settings = request.app.state.settings
     if not settings.api_keys:
         return
+    given = request.headers.get("x-api-key")
+    if given is None:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = credentials.strip()
+    if not given:  # guesses nothing: answered without a look at the throttle
+        raise _unauthorized()
     throttle: KeyThrottle = request.app.state.key_throttle
     client = client_key(caller_address(request.scope, settings.trusted_proxies))
     wait = await throttle.retry_after(client)
@@ -26,16 +34,13 @@ async def require_api_key(request: Request) -> None:
             "too many refused API keys from this address; try again later",
             headers={"Retry-After": str(wait)},
         )
-    given = request.headers.get("x-api-key")
-    if given is None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = credentials.strip()
-    if given and matches_secret(given, settings.api_keys):
-        return
-    if given:  # a request without any key guessed nothing
+    if not matches_secret(given, settings.api_keys):
         await throttle.failed(client, "api")
-    raise Unauthorized(
+        raise _unauthorized()
+
+
+def _unauthorized() -> Unauthorized:
+    return Unauthorized(
         "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
         headers={"WWW-Authenticate": 'Bearer realm="mboxii-dlr"'},
     )
