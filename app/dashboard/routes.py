@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app.core.mobiles import national, normalize_mobile
 from app.core.settings import Settings
 from app.dashboard import data
 from app.dashboard.charts import build_chart
@@ -22,7 +23,7 @@ from app.dashboard.pages import (
     redirect,
     settings_of,
 )
-from app.dashboard.views import delivery_ref, national
+from app.dashboard.views import delivery_ref
 from app.db.engine import SessionDep
 from app.db.models import Rejected
 from app.ingest.parse import (
@@ -30,7 +31,6 @@ from app.ingest.parse import (
     FAILED_WORDS,
     NON_FINAL_WORDS,
     CallbackRejected,
-    normalize_mobile,
     parse_callback,
 )
 from app.ingest.quarantine import list_rejected, replay
