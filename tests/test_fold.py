@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.ingest.fold import Arrival, BatchPlan, DeliveryChange, Previous, wins
+from app.ingest.fold import Arrival, BatchPlan, DeliveryChange, DeliveryState, Previous, wins
 from app.ingest.parse import ParsedReport, validate_fields
 from tests.conftest import report
 
@@ -130,28 +131,58 @@ def test_a_deliverys_new_reports_fold_into_one_row_in_the_order_received() -> No
     )
 
 
-def stored_row(
-    row: tuple[object, ...], version: int, previous: Previous | None
-) -> tuple[object, ...]:
-    """A delivery row as the database hands it back after the upsert."""
-    if previous is None:
-        return (*row, version, None, None, None, None)
-    return (*row, version, previous.status, previous.outcome, previous.final, previous.done_at)
-
-
-def test_a_delivery_changed_when_its_stored_report_is_the_one_proposed() -> None:
+def test_a_delivery_changed_when_its_report_is_the_one_this_batch_proposed() -> None:
     won = parsed(msgid="won")
     lost = parsed(msgid="lost", ID="other")
-    plan = BatchPlan([Arrival(won, at(0)), Arrival(lost, at(0))])
-    won_row, lost_row = sorted(plan.delivery_rows({won.key: 1, lost.key: 2}), reverse=True)
-    previous = Previous("ENROUTE", "pending", False, at(-60))
-    kept = (*lost_row[:2], "first-id", *lost_row[3:13], 7)  # an older report stayed
-    result = plan.result([stored_row(won_row, 2, previous), stored_row(kept, 1, None)])
-    assert result.new == [True, True]
-    (change,) = result.changes
-    assert isinstance(change, DeliveryChange)
-    assert (change.state.msgid, change.state.report_id) == ("won", 1)
-    assert change.version == 2
-    assert change.previous == previous
+    fresh = parsed(msgid="fresh")
+    plan = BatchPlan([Arrival(won, at(0)), Arrival(lost, at(1)), Arrival(fresh, at(2))])
+    plan.delivery_rows({won.key: 1, lost.key: 2, fresh.key: 3})
+    replaced = Previous("ENROUTE", "pending", False, at(-60))
+    # What the upsert hands back: msgid, mobile, batch_id, report_id, version, then type,
+    # first and last receipt, report count and the previous state (NULL in a first state).
+    returned = [
+        (
+            "won",
+            won.mobile,
+            won.batch_id,
+            1,
+            2,
+            "now",
+            at(-90),
+            at(0),
+            2,
+            *dataclasses.astuple(replaced),
+        ),
+        ("lost", lost.mobile, "first-id", 7, 1, *(None,) * 8),  # an older report stayed
+        ("fresh", fresh.mobile, fresh.batch_id, 3, 1, *(None,) * 8),
+    ]
+    result = plan.result(returned)
+    assert result.new == [True, True, True]
     # "lost" carried another batch ID than its delivery's first one
     assert result.batch_mismatch == 1
+    updated, first = result.changes
+    assert updated.version == 2
+    assert updated.previous == replaced
+    assert updated.state == dataclasses.replace(
+        first_state(won), first_received_at=at(-90), reports=2
+    )
+    assert first == DeliveryChange(first_state(fresh, report_id=3, received=at(2)), 1, None)
+
+
+def first_state(r: ParsedReport, report_id: int = 1, received: dt.datetime = NOW) -> DeliveryState:
+    return DeliveryState(
+        r.msgid,
+        r.mobile,
+        r.batch_id,
+        r.type,
+        r.status,
+        r.statuscode,
+        r.outcome,
+        r.final,
+        r.inconsistent,
+        r.done_at,
+        received,
+        received,
+        1,
+        report_id,
+    )

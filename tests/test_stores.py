@@ -20,18 +20,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import create_engine
 from app.db.models import Delivery, Report
 from app.ingest.fold import (
-    STORED_COLUMNS,
+    DELIVERY_COLUMNS,
+    PREVIOUS,
     Arrival,
     DeliveryChange,
     DeliveryState,
     Previous,
     StoreResult,
-    change_from_row,
     wins,
 )
 from app.ingest.parse import ParsedReport, validate_fields
@@ -223,19 +223,21 @@ async def stored(engine: AsyncEngine, prefix: str) -> dict[Any, Any]:
         .subquery()
     )
     query = (
-        select(*(d[name] for name in STORED_COLUMNS), Report.report_key, counts.c.n)
+        select(Delivery, Report.report_key, counts.c.n)
         .join(Report, Report.id == d.report_id)
         .join(counts, (counts.c.msgid == d.msgid) & (counts.c.mobile == d.mobile))
         .where(d.msgid.startswith(prefix))
     )
-    async with engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
+    async with AsyncSession(engine) as session:
+        rows = (await session.execute(query)).all()
     out = {}
-    for row in rows:
-        *columns, key, history = row
-        change = change_from_row(columns)
-        state = dataclasses.replace(change.state, report_id=key)
-        out[(state.msgid, state.mobile)] = (state, change.version, change.previous, history)
+    for delivery, key, history in rows:
+        state = DeliveryState(*(getattr(delivery, name) for name in DELIVERY_COLUMNS))
+        state.report_id = key
+        previous = None
+        if delivery.prev_status is not None:
+            previous = Previous(*(getattr(delivery, f"prev_{name}") for name in PREVIOUS))
+        out[(state.msgid, state.mobile)] = (state, delivery.version, previous, history)
     return out
 
 

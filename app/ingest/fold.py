@@ -42,7 +42,11 @@ class Arrival:
     source: str = "callback"
 
 
-@dataclass(frozen=True, slots=True)
+# The three below are read-only by convention, not frozen: a frozen dataclass's __init__
+# costs three times as much, and a batch builds one of each per changed delivery.
+
+
+@dataclass(slots=True)
 class DeliveryState:
     """A delivery's row: its current state, from the report that won the ordering rule."""
 
@@ -62,7 +66,7 @@ class DeliveryState:
     report_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Previous:
     """What a change replaced."""
 
@@ -72,7 +76,7 @@ class Previous:
     done_at: dt.datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryChange:
     """A delivery whose current state a batch changed: its first report arrived, or one of
     the batch's new reports won the ordering rule. `version` is 1 for a delivery's first
@@ -84,13 +88,31 @@ class DeliveryChange:
     previous: Previous | None
 
 
-@dataclass(frozen=True, slots=True)
 class StoreResult:
-    """What one committed batch did."""
+    """What one committed batch did: per arrival, in order, whether its report was stored
+    now (False: a duplicate); how many new reports carry another batch ID than their
+    delivery's first; and the deliveries it changed."""
 
-    new: list[bool]  # per arrival, in order: stored now (False: a duplicate)
-    batch_mismatch: int  # new reports whose batch ID differs from their delivery's first
-    changes: list[DeliveryChange]
+    __slots__ = ("_changes", "_decode_changes", "batch_mismatch", "new")
+
+    def __init__(
+        self,
+        new: list[bool],
+        batch_mismatch: int,
+        changes: Callable[[], list[DeliveryChange]] = list,
+    ) -> None:
+        self.new = new
+        self.batch_mismatch = batch_mismatch
+        self._decode_changes = changes
+        self._changes: list[DeliveryChange] | None = None
+
+    @property
+    def changes(self) -> list[DeliveryChange]:
+        """Built on first use: without an effect nobody asks, and building one per new
+        delivery of every batch cost ~2 us a report."""
+        if self._changes is None:
+            self._changes = self._decode_changes()
+        return self._changes
 
 
 REPORT_COLUMNS = (
@@ -108,22 +130,22 @@ REPORT_COLUMNS = (
     "received_at",
     "source",
 )
-# A delivery row as the upsert proposes it, and as stored (with what changes need).
+# A delivery row as the upsert proposes it.
 DELIVERY_COLUMNS = tuple(f.name for f in fields(DeliveryState))
 PREVIOUS = tuple(f.name for f in fields(Previous))
-CHANGE_COLUMNS = ("version", *(f"prev_{name}" for name in PREVIOUS))
-STORED_COLUMNS = DELIVERY_COLUMNS + CHANGE_COLUMNS
-_BATCH_ID = DELIVERY_COLUMNS.index("batch_id")
-_REPORT_ID = DELIVERY_COLUMNS.index("report_id")
-
-
-def change_from_row(row: Sequence[Any]) -> DeliveryChange:
-    """A DeliveryChange from a stored row (STORED_COLUMNS, values of their Python types)."""
-    values = tuple(row)
-    n = len(DELIVERY_COLUMNS)
-    version, status, outcome, final, done_at = values[n:]
-    previous = None if status is None else Previous(status, outcome, bool(final), done_at)
-    return DeliveryChange(DeliveryState(*values[:n]), version, previous)
+# What the stores read back for each delivery of the batch after the upsert (PostgreSQL in
+# its RETURNING, SQLite in one SELECT): RETURNED_COLUMNS, then the MERGED_COLUMNS, which are
+# NULL while version is 1. A delivery's first state is the proposed row itself, and
+# decoding those columns (timestamps) for every new delivery cost more than the rest of a
+# report's bookkeeping. A change's other columns are its winner's, which the plan holds.
+RETURNED_COLUMNS = ("msgid", "mobile", "batch_id", "report_id", "version")
+MERGED_COLUMNS = (
+    "type",
+    "first_received_at",
+    "last_received_at",
+    "reports",
+    *(f"prev_{name}" for name in PREVIOUS),
+)
 
 
 @dataclass(slots=True)
@@ -144,6 +166,32 @@ class _Folded:
         if wins(report, self.winner):
             self.winner = report
             self.report_id = report_id
+
+    def change(self, returned: Sequence[Any]) -> DeliveryChange:
+        """The change this batch made, from the delivery's returned row (RETURNED_COLUMNS
+        and MERGED_COLUMNS, in Python types) when this batch's winner is its state now."""
+        version = returned[4]
+        if version == 1:  # the delivery's first state: the proposed row
+            return DeliveryChange(DeliveryState(*self.row()), 1, None)
+        _, _, batch_id, report_id, _, type_, first, last, reports, *previous = returned
+        w = self.winner
+        state = DeliveryState(
+            w.msgid,
+            w.mobile,
+            batch_id,
+            type_,
+            w.status,
+            w.statuscode,
+            w.outcome,
+            w.final,
+            w.inconsistent,
+            w.done_at,
+            first,
+            last,
+            reports,
+            report_id,
+        )
+        return DeliveryChange(state, version, Previous(*previous))
 
     def row(self) -> tuple[Any, ...]:
         """The proposed delivery row, in DELIVERY_COLUMNS order. Batch ID and type are the
@@ -226,22 +274,28 @@ class BatchPlan:
 
     def result(
         self,
-        stored: Iterable[Sequence[Any]],
-        decode: Callable[[Sequence[Any]], DeliveryChange] = change_from_row,
+        returned: Iterable[Sequence[Any]],
+        decode: Callable[[Sequence[Any]], Sequence[Any]] | None = None,
     ) -> StoreResult:
-        """What the batch did, from its deliveries' rows after the upsert (STORED_COLUMNS).
-        A delivery changed when its stored report_id is the one this batch proposed: its
-        winner beat the stored state (or there was none). `decode` turns a changed row into
-        Python values (SQLite hands back text and integers)."""
+        """What the batch did, from its deliveries' rows after the upsert (RETURNED_COLUMNS
+        and MERGED_COLUMNS). A delivery changed when its report_id is the one this batch
+        proposed: its winner beat the stored state (or there was none). `decode` gives a
+        changed row's values their Python types (SQLite hands back text and integers)."""
         mismatch = 0
-        changes: list[DeliveryChange] = []
+        changed: list[tuple[_Folded, Sequence[Any]]] = []
         folds = self._folds
-        for row in stored:
-            folded = folds[(row[0], row[1])]
-            batch_id = row[_BATCH_ID]
+        for row in returned:
+            msgid, mobile, batch_id, report_id = row[0], row[1], row[2], row[3]
+            folded = folds[(msgid, mobile)]
             mismatch += sum(1 for b in folded.batch_ids if b != batch_id)
-            if row[_REPORT_ID] == folded.report_id:
-                changes.append(decode(row))
+            if report_id == folded.report_id:
+                changed.append((folded, row))
         inserted, first = self._inserted, self._first
         new = [a.report.key in inserted and first[a.report.key] is a for a in self.arrivals]
+
+        def changes() -> list[DeliveryChange]:
+            if decode is None:
+                return [folded.change(row) for folded, row in changed]
+            return [folded.change(decode(row)) for folded, row in changed]
+
         return StoreResult(new, mismatch, changes)

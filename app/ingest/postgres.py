@@ -17,12 +17,17 @@ from app.ingest.errors import is_connectivity_error
 from app.ingest.fold import (
     DELIVERY_COLUMNS,
     REPORT_COLUMNS,
-    STORED_COLUMNS,
     Arrival,
     BatchPlan,
     StoreResult,
 )
-from app.ingest.statements import DELIVERIES, REPORT_IDENTITY, REPORTS, delivery_upsert
+from app.ingest.statements import (
+    DELIVERIES,
+    REPORT_IDENTITY,
+    REPORTS,
+    delivery_upsert,
+    returned_columns,
+)
 from app.ingest.store import BatchEffect
 
 
@@ -63,9 +68,7 @@ INSERT_REPORTS = _Statement(
     REPORT_COLUMNS,
 )
 UPSERT_DELIVERIES = _Statement(
-    delivery_upsert(_unnest_insert(DELIVERIES, DELIVERY_COLUMNS)).returning(
-        *(DELIVERIES.c[name] for name in STORED_COLUMNS)
-    ),
+    delivery_upsert(_unnest_insert(DELIVERIES, DELIVERY_COLUMNS)).returning(*returned_columns()),
     DELIVERY_COLUMNS,
 )
 
@@ -79,11 +82,11 @@ async def store_batch(
     rows = plan.report_rows()
     inserted = await connection.fetch(INSERT_REPORTS.sql, *INSERT_REPORTS.arguments(rows))
     rows = plan.delivery_rows(dict(inserted))
-    stored = []
+    returned = []
     if rows:
-        stored = await connection.fetch(UPSERT_DELIVERIES.sql, *UPSERT_DELIVERIES.arguments(rows))
-    result = plan.result(stored)
-    if result.changes:
+        returned = await connection.fetch(UPSERT_DELIVERIES.sql, *UPSERT_DELIVERIES.arguments(rows))
+    result = plan.result(returned)
+    if effects and result.changes:
         for effect in effects:
             await effect.apply_postgres(connection, result.changes)
     return result

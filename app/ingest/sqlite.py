@@ -20,15 +20,20 @@ from app.db.engine import UTCDateTime, create_sync_engine
 from app.ingest.errors import is_connectivity_error
 from app.ingest.fold import (
     DELIVERY_COLUMNS,
+    MERGED_COLUMNS,
     REPORT_COLUMNS,
-    STORED_COLUMNS,
+    RETURNED_COLUMNS,
     Arrival,
     BatchPlan,
-    DeliveryChange,
     StoreResult,
-    change_from_row,
 )
-from app.ingest.statements import DELIVERIES, REPORT_IDENTITY, REPORTS, delivery_upsert
+from app.ingest.statements import (
+    DELIVERIES,
+    REPORT_IDENTITY,
+    REPORTS,
+    delivery_upsert,
+    returned_columns,
+)
 from app.ingest.store import BatchEffect
 
 log = logging.getLogger("mboxii_dlr.ingest")
@@ -77,18 +82,15 @@ INSERTED_SINCE = _sql(
         REPORTS.c.id > bindparam("before")
     )
 )
-STORED_DELIVERIES = _sql(
-    select(
-        func.json_group_array(func.json_array(*(DELIVERIES.c[name] for name in STORED_COLUMNS)))
-    ).where(tuple_(DELIVERIES.c.msgid, DELIVERIES.c.mobile).in_(_json_rows("keys", 2)))
+RETURNED = _sql(
+    select(func.json_group_array(func.json_array(*returned_columns()))).where(
+        tuple_(DELIVERIES.c.msgid, DELIVERIES.c.mobile).in_(_json_rows("keys", 2))
+    )
 )
 
-_BOOLEANS = [
-    i for i, name in enumerate(STORED_COLUMNS) if isinstance(DELIVERIES.c[name].type, Boolean)
-]
-_TIMES = [
-    i for i, name in enumerate(STORED_COLUMNS) if isinstance(DELIVERIES.c[name].type, UTCDateTime)
-]
+_NAMES = RETURNED_COLUMNS + MERGED_COLUMNS
+_BOOLEANS = [i for i, name in enumerate(_NAMES) if isinstance(DELIVERIES.c[name].type, Boolean)]
+_TIMES = [i for i, name in enumerate(_NAMES) if isinstance(DELIVERIES.c[name].type, UTCDateTime)]
 
 
 def _json_default(value: Any) -> Any:
@@ -101,8 +103,8 @@ def _json(rows: list[Any]) -> str:
     return json.dumps(rows, default=_json_default, ensure_ascii=False)
 
 
-def _decode(row: Sequence[Any]) -> DeliveryChange:
-    """A stored row as JSON gives it (0/1 and UTC text) in Python types."""
+def _decode(row: Sequence[Any]) -> list[Any]:
+    """A returned row as JSON gives it (0/1 and UTC text) in Python types."""
     values = list(row)
     for i in _BOOLEANS:
         if values[i] is not None:
@@ -110,7 +112,7 @@ def _decode(row: Sequence[Any]) -> DeliveryChange:
     for i in _TIMES:
         if values[i] is not None:
             values[i] = dt.datetime.fromisoformat(values[i]).replace(tzinfo=dt.UTC)
-    return change_from_row(values)
+    return values
 
 
 def store_batch(
@@ -127,16 +129,16 @@ def store_batch(
         cursor.execute(INSERT_REPORTS, (_json(plan.report_rows()),))
         (inserted,) = cursor.execute(INSERTED_SINCE, (before,)).fetchone()
         rows = plan.delivery_rows(dict(json.loads(inserted)))
-        stored = []
+        returned = []
         if rows:
             cursor.execute(UPSERT_DELIVERIES, (_json(rows),))
             keys = json.dumps([row[:2] for row in rows], ensure_ascii=False)
-            (current,) = cursor.execute(STORED_DELIVERIES, (keys,)).fetchone()
-            stored = json.loads(current)
+            (current,) = cursor.execute(RETURNED, (keys,)).fetchone()
+            returned = json.loads(current)
     finally:
         cursor.close()
-    result = plan.result(stored, _decode)
-    if result.changes:
+    result = plan.result(returned, _decode)
+    if effects and result.changes:
         for effect in effects:
             effect.apply_sqlite(connection, result.changes)
     return result

@@ -8,7 +8,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, case, literal_column, tuple_
 
 from app.db.models import Delivery, Report
-from app.ingest.fold import PREVIOUS, RANK
+from app.ingest.fold import MERGED_COLUMNS, PREVIOUS, RANK, RETURNED_COLUMNS
 
 REPORTS = cast(Table, Report.__table__)
 DELIVERIES = cast(Table, Delivery.__table__)
@@ -47,3 +47,11 @@ def delivery_upsert(insert: Any) -> Any:
             "reports": old.reports + new.reports,
         },
     )
+
+
+def returned_columns() -> list[Any]:
+    """The delivery columns the stores read back after the upsert: fold.RETURNED_COLUMNS,
+    then fold.MERGED_COLUMNS as NULL while the delivery is in its first state."""
+    c = DELIVERIES.c
+    later = c.version > literal_column("1")
+    return [*(c[name] for name in RETURNED_COLUMNS), *(case((later, c[n])) for n in MERGED_COLUMNS)]
