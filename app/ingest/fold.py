@@ -33,9 +33,10 @@ def wins(candidate: Ranked, current: Ranked) -> bool:
     return bool(_rank(candidate) >= _rank(current))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Arrival:
-    """A report as it arrived: what a batch stores."""
+    """A report as it arrived: what a batch stores. (Read-only by convention; one is made
+    per callback, and a frozen dataclass costs more to make.)"""
 
     report: ParsedReport
     received_at: dt.datetime

@@ -39,9 +39,10 @@ def open_store(engine: AsyncEngine, effects: Sequence[BatchEffect] = ()) -> Batc
 
 
 @dataclass(slots=True)
-class Job:
-    arrival: Arrival
-    future: asyncio.Future[bool] = field(repr=False)
+class Job(Arrival):
+    """A queued report and the future its sender waits on."""
+
+    future: asyncio.Future[bool] = field(kw_only=True, repr=False)
 
 
 def _fail(future: asyncio.Future[bool], exc: BaseException) -> None:
@@ -70,7 +71,6 @@ class Writer:
         timeout: float = 10.0,
         effects: Sequence[BatchEffect] = (),
     ) -> None:
-        self.engine = engine
         self.metrics = metrics
         self.batch_size = batch_size
         self.batch_delay = batch_delay
@@ -92,10 +92,6 @@ class Writer:
         self._store = open_store(engine, effects)
         metrics.queue_depth.set_function(lambda: len(self._queue))
         metrics.in_flight.set_function(lambda: self._in_flight)
-
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mboxii-dlr-writer")
@@ -123,7 +119,7 @@ class Writer:
             raise IngestUnavailable("database")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._queue.append(Job(Arrival(report, received_at, source), future))
+        self._queue.append(Job(report, received_at, source, future=future))
         self._wakeup.set()
         # Past the deadline the sender gets 503; should the commit still land, the
         # gateway's retry is then a harmless duplicate.
@@ -197,7 +193,7 @@ class Writer:
         """Store one batch; if the database refuses it, store its reports one by one."""
         started = time.perf_counter()
         try:
-            result = await self._store.store([job.arrival for job in batch])
+            result = await self._store.store(batch)
         except Exception as exc:
             if is_connectivity_error(exc):
                 self._mark_down(exc)
@@ -218,7 +214,7 @@ class Writer:
     async def _commit_singly(self, batch: list[Job]) -> None:
         for job in batch:
             try:
-                result = await self._store.store([job.arrival])
+                result = await self._store.store([job])
             except Exception as exc:
                 if is_connectivity_error(exc):
                     self._mark_down(exc)
@@ -227,8 +223,8 @@ class Writer:
                 self.metrics.storage_refused.inc()
                 log.error(
                     "the database refused report msgid=%s mobile=%s: %s",
-                    job.arrival.report.msgid,
-                    mask_mobile(job.arrival.report.mobile),
+                    job.report.msgid,
+                    mask_mobile(job.report.mobile),
                     exc.__class__.__name__,
                 )
                 _fail(job.future, IngestRefused(exc.__class__.__name__))
@@ -249,7 +245,7 @@ class Writer:
         series = self._report_series
         for job, new in zip(batch, result.new, strict=True):
             if new:
-                r = job.arrival.report
+                r = job.report
                 counter = series.get((r.outcome, r.status))
                 if counter is None:  # a label lookup takes a lock; each series is looked up once
                     counter = m.reports.labels(r.outcome, status_label(r.status))
