@@ -19,6 +19,8 @@ _rank = operator.attrgetter(*RANK)
 
 
 class Ranked(Protocol):
+    """Anything the rule can rank: a report, or a delivery's current state."""
+
     @property
     def final(self) -> bool: ...
 
