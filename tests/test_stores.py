@@ -23,6 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import create_engine
+from app.db.migrate import upgrade
 from app.db.models import Delivery, Report
 from app.ingest.fold import (
     DELIVERY_COLUMNS,
@@ -416,3 +417,37 @@ async def test_an_effect_that_raises_rolls_the_whole_batch_back(engine: AsyncEng
         with pytest.raises(RuntimeError, match="effect failed"):
             await store.store(arrivals("a", "b"))
     assert await counts(engine) == [0, 0, 0]
+
+
+# ------------------------------------------------------------------ deliveries from before 0006
+
+
+def test_a_delivery_stored_before_versions_starts_at_version_1(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(url, "0005")
+    with sqlite3.connect(tmp_path / "old.db") as connection:
+        connection.execute(
+            "INSERT INTO deliveries (msgid, mobile, batch_id, type, status, statuscode, outcome,"
+            " final, inconsistent, done_at, first_received_at, last_received_at, reports,"
+            " report_id) VALUES ('old', '+886911000001', 'B1', 'now', 'ENROUTE', 0, 'pending',"
+            " 0, 0, '2026-11-20 01:00:00.000000', '2026-11-20 01:00:01.000000',"
+            " '2026-11-20 01:00:01.000000', 1, 0)"
+        )
+    upgrade(url)
+
+    async def later_word() -> list[DeliveryChange]:
+        engine = create_engine(url)
+        try:
+            async with opened(engine) as store:
+                return (await store.store(arrivals("old"))).changes
+        finally:
+            await engine.dispose()
+
+    (change,) = asyncio.run(later_word())
+    assert change.version == 2
+    assert change.previous == Previous(
+        "ENROUTE", "pending", False, dt.datetime(2026, 11, 20, 1, tzinfo=dt.UTC)
+    )
+    assert change.state.status == "DELIVRD"
+    assert change.state.reports == 2
+    assert change.state.first_received_at == dt.datetime(2026, 11, 20, 1, 0, 1, tzinfo=dt.UTC)
