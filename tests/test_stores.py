@@ -419,12 +419,12 @@ async def test_an_effect_that_raises_rolls_the_whole_batch_back(engine: AsyncEng
     assert await counts(engine) == [0, 0, 0]
 
 
-# ------------------------------------------------------------------ deliveries from before 0006
+# ------------------------------------------------------------------ deliveries from before 0007
 
 
 def test_a_delivery_stored_before_versions_starts_at_version_1(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path}/old.db"
-    upgrade(url, "0005")
+    upgrade(url, "0006")
     with sqlite3.connect(tmp_path / "old.db") as connection:
         connection.execute(
             "INSERT INTO deliveries (msgid, mobile, batch_id, type, status, statuscode, outcome,"

@@ -11,8 +11,8 @@ Existing deliveries start at version 1 with no previous state: their earlier cha
 not recorded, and the report count would overstate them (a late report that lost is
 counted too), so the state they have now is the first one anyone will be told about.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -23,8 +23,8 @@ from alembic import op
 
 from app.db.engine import UTCDateTime
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
