@@ -26,6 +26,7 @@ from app.dashboard.pages import (
 from app.dashboard.views import delivery_ref
 from app.db.engine import SessionDep
 from app.db.models import Rejected
+from app.ingest.errors import IngestUnavailable
 from app.ingest.parse import (
     DELIVERED_WORDS,
     FAILED_WORDS,
@@ -34,7 +35,6 @@ from app.ingest.parse import (
     parse_callback,
 )
 from app.ingest.quarantine import list_rejected, replay
-from app.ingest.writer import IngestUnavailable
 from app.read.aggregates import batch_summary
 from app.read.queries import get_delivery
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     column,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -110,6 +111,15 @@ class Delivery(Base):
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     reports: Mapped[int] = mapped_column(Integer)
     report_id: Mapped[int] = mapped_column(BigInteger)
+    # What a change of the current state needs to tell (outbound events, per-number
+    # summaries, written in the batch's transaction): `version` is 1 for the first state and
+    # one more for each batch whose report won the ordering rule; prev_* hold the state
+    # that win replaced (NULL until the first replacement). Set by the ingest upsert.
+    version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    prev_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    prev_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    prev_final: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    prev_done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Rejected(Base):

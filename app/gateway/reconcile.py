@@ -24,8 +24,9 @@ from app.gateway import (
     NotSentYet,
 )
 from app.gateway.sends import pending_numbers
+from app.ingest.errors import IngestRefused, IngestUnavailable
 from app.ingest.parse import CallbackRejected, ParsedReport, validate_fields
-from app.ingest.writer import IngestRefused, IngestUnavailable, Writer
+from app.ingest.writer import Writer
 
 log = logging.getLogger("mboxii_dlr.reconcile")
 
