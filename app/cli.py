@@ -198,8 +198,8 @@ def cmd_replay_rejected(args: argparse.Namespace, settings: Settings) -> int:
 async def replay_all(settings: Settings, include_replayed: bool) -> int:
     """Replay every quarantined row, oldest first, with its own engine and writer."""
     from app.core.metrics import Metrics
+    from app.ingest.errors import IngestUnavailable
     from app.ingest.quarantine import list_rejected, replay
-    from app.ingest.writer import IngestUnavailable
     from app.state import open_storage
 
     stored = duplicates = invalid = 0

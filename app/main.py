@@ -29,10 +29,10 @@ from app.core.metrics import Metrics
 from app.core.paths import route_template
 from app.core.settings import Settings, get_settings
 from app.dashboard.data import OverviewCache
-from app.dashboard.throttle import LoginThrottle
 from app.db.engine import shown_url
 from app.db.migrate import schema_problem
 from app.db.retention import purge_periodically
+from app.db.throttle import KeyThrottle
 from app.gateway import MboxiiClient
 from app.gateway.reconcile import Reconciler
 from app.ingest.endpoint import CallbackEndpoint
@@ -97,7 +97,6 @@ def create_app(
     state = AppState(
         settings=settings,
         metrics=metrics,
-        login_throttle=LoginThrottle(),
         dashboard_cache=OverviewCache(),
         ack_body=settings.callback_ack.encode("utf-8"),
     )
@@ -112,6 +111,7 @@ def create_app(
             stack.callback(install_overload_answer(settings.retry_after_seconds))
             warn_about_secrets(settings)
             state.storage = await stack.enter_async_context(open_storage(settings, metrics))
+            state.key_throttle = KeyThrottle(state.engine)
             await report_database(state.engine, settings.database_url)
             if settings.mboxii_configured:
                 gateway = MboxiiClient.from_settings(
@@ -222,11 +222,13 @@ def warn_about_secrets(settings: Settings) -> None:
             "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
             "without a secret; set tokens before exposing this service"
         )
-    for name in settings.short_secrets:
+    for name, problem in settings.weak_secrets():
+        # Production refuses these (app.core.settings); a trial setup is only told.
         log.warning(
-            "%s holds a secret shorter than 16 characters, which can be guessed; use long "
+            "%s holds %s, which can be guessed (DLR_ENV=production refuses it); use long "
             "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
             name,
+            problem,
         )
 
 

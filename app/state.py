@@ -14,14 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.db.engine import create_engine
+from app.db.throttle import KeyThrottle
 from app.gateway.client import MboxiiClient
 from app.gateway.reconcile import Reconciler
 from app.ingest.writer import Writer
 
 if TYPE_CHECKING:
-    # Type names only: the dashboard package imports this module.
+    # A type name only: the dashboard package imports this module.
     from app.dashboard.data import OverviewCache
-    from app.dashboard.throttle import LoginThrottle
 
 
 @dataclass(slots=True)
@@ -67,16 +67,18 @@ async def open_storage(
 @dataclass(slots=True)
 class AppState:
     """Everything one application instance shares between requests. Settings, metrics and
-    the in-process counters exist from create_app on; the storage and the gateway only
-    while the lifespan runs (reading them before start-up raises AttributeError)."""
+    the dashboard's cache exist from create_app on; the storage, the key throttle and the
+    gateway only while the lifespan runs (reading them before start-up raises
+    AttributeError)."""
 
     settings: Settings
     metrics: Metrics
-    login_throttle: LoginThrottle
     dashboard_cache: OverviewCache
     #: the callback's acknowledgement, encoded once
     ack_body: bytes
     storage: Storage = field(init=False)
+    #: refused API keys per client, in the database (the dashboard's login and /v1 share it)
+    key_throttle: KeyThrottle = field(init=False)
     gateway: MboxiiClient | None = None
     reconciler: Reconciler | None = None
 

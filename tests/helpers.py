@@ -207,3 +207,19 @@ async def database_gone(app: Any) -> AsyncIterator[None]:
     finally:
         state.storage = live
         await dead.dispose()
+
+
+def grown_by(work: Callable[[], None]) -> int:
+    """Bytes still held after `work` has run: what caches kept of what it did."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        work()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

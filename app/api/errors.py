@@ -80,8 +80,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error statuses."""
     from app.api.schemas import ErrorRead, ValidationErrorRead
 
+    if 401 in statuses:  # the key check and its throttle go together
+        statuses = (*statuses, 429)
     text = {
         401: "Missing or wrong API key",
+        429: "Too many refused API keys from this address: wait `Retry-After` seconds",
         404: "Not found",
         409: "Several deliveries share this msgid; pass `mobile`",
         422: "Invalid parameters",

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 from fastapi import Request
 
+from app.core import mobiles
 from app.core.errors import InvalidParameters
-from app.ingest.parse import normalize_mobile
 
 
 def invalid(field: str, message: str) -> InvalidParameters:
@@ -35,7 +35,10 @@ def parse_mobile(value: str | None, field: str = "mobile") -> str | None:
     """A number in any accepted form as E.164 (422 when it is not a Taiwan mobile)."""
     if value is None:
         return None
-    mobile = normalize_mobile(value.strip())
+    value = value.strip()
+    if len(value) > mobiles.MAX_LENGTH:
+        raise invalid(field, mobiles.TOO_LONG)
+    mobile = mobiles.normalize_mobile(value)
     if mobile is None:
         raise invalid(field, "not a Taiwan mobile number (e.g. 0912345678 or +886912345678)")
     return mobile

@@ -13,8 +13,8 @@ from app.api.params import invalid
 from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
 from app.core.errors import InvalidCallback, NotFound, Unavailable
 from app.db.models import Delivery, Rejected
+from app.ingest.errors import IngestUnavailable
 from app.ingest.quarantine import list_rejected, replay
-from app.ingest.writer import IngestUnavailable
 from app.read.cursors import cursor_key, decode_cursor, encode_cursor
 from app.state import SessionDep, SettingsDep, StateDep
 

@@ -54,6 +54,13 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class TooManyRequests(ApiError):
+    """Too many refused API keys from one client; `Retry-After` says how long to wait."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+
 class Unavailable(ApiError):
     status_code = 503
     code = "unavailable"

@@ -24,6 +24,7 @@ from app.dashboard.sessions import (
     current_session,
     is_https,
     same_origin,
+    verify,
 )
 from app.dashboard.views import delivery_ref, local_time, render
 from app.db.models import Delivery
@@ -85,9 +86,9 @@ class DashboardRoute(APIRoute):
         return guarded
 
 
-def viewer(request: Request) -> Session:
+async def viewer(request: Request) -> Session:
     """The session of whoever asks; LoginRequired when API keys are set and there is none."""
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         raise LoginRequired
     return session
@@ -153,7 +154,9 @@ def page(
 
 
 def error_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:
-    session = current_session(request)
+    # The signature alone decides here (the database may be what failed): the page shows
+    # nothing but the error, whoever sees it.
+    session = verify(settings_of(request), request.cookies.get(COOKIE))
     return page(request, "error.html", {"title": title, "message": message}, session, status)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from app.ingest.parse import normalize_mobile
+from app.core import mobiles
 
 Language = Literal["english", "chinese"]
 SendType = Literal["now", "scheduled"]
@@ -107,7 +107,10 @@ def prepare_message(
     normalized: list[str] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(numbers):
-        mobile = normalize_mobile(raw.strip()) if isinstance(raw, str) else None
+        if isinstance(raw, str) and len(raw.strip()) > mobiles.MAX_LENGTH:
+            errors.append({"field": f"numbers.{i}", "message": mobiles.TOO_LONG})
+            continue
+        mobile = mobiles.normalize_mobile(raw.strip()) if isinstance(raw, str) else None
         if mobile is None:
             errors.append(
                 {
