@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,17 +27,47 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server (uvicorn)."""
-    import uvicorn
-
     if args.migrate or settings.migrate_on_start:
         failed = cmd_migrate(args, settings)
         if failed:
             return failed
+    workers = args.workers or settings.workers
+    with shared_metrics(workers):
+        run_uvicorn(args, settings, workers)
+    return 0
+
+
+@contextlib.contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory where each writes its metrics, so that any of
+    them answers /metrics for all (app.core.metrics); removed when the server stops. It must
+    be in the environment before the workers start: prometheus-client reads it on import."""
+    if workers < 2:
+        yield
+        return
+    from app.core.metrics import MULTIPROCESS_DIR
+
+    directory = tempfile.mkdtemp(prefix="mboxii-dlr-metrics-")
+    previous = os.environ.get(MULTIPROCESS_DIR)
+    os.environ[MULTIPROCESS_DIR] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+        else:
+            os.environ[MULTIPROCESS_DIR] = previous
+
+
+def run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "app.main:app",
         host=args.host or settings.host,
         port=args.port or settings.port,
-        workers=args.workers or settings.workers,
+        workers=workers,
         # DLR_TRUSTED_PROXIES alone decides whom to believe about client addresses.
         proxy_headers=False,
         forwarded_allow_ips="",
@@ -47,7 +81,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,7 +160,9 @@ async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
     async with open_storage(settings, Metrics()) as storage:
         client = MboxiiClient.from_settings(settings)
         try:
-            reconciler = Reconciler(settings, storage.sessionmaker, storage.writer, client)
+            reconciler = Reconciler(
+                settings, storage.engine, storage.sessionmaker, storage.writer, client
+            )
             return await reconciler.run_once(everything=everything)
         finally:
             await client.aclose()

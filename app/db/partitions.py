@@ -42,6 +42,7 @@ class Partition:
     name: str
     low: dt.datetime | None
     high: dt.datetime | None
+    oid: int = 0
 
     @property
     def is_default(self) -> bool:
@@ -78,29 +79,35 @@ async def is_partitioned(connection: AsyncConnection) -> bool:
     kind = await connection.scalar(
         text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"), {"t": PARENT}
     )
-    return kind == "p"
+    return bool(kind == "p")
 
 
 async def partitions(connection: AsyncConnection) -> list[Partition]:
     """The partitions of `reports`, months in order, the default last."""
     rows = await connection.execute(
         text(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.oid FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:t)"
         ),
         {"t": PARENT},
     )
     found = []
-    for name, bound in rows:
+    for name, bound, oid in rows:
         if bound == "DEFAULT":
-            found.append(Partition(name, None, None))
+            found.append(Partition(name, None, None, oid))
             continue
         match = _BOUND.fullmatch(bound)
         if match is None:
             raise ValueError(f"partition {name} has a bound this service does not know: {bound}")
-        found.append(Partition(name, _bound(match[1]), _bound(match[2])))
+        found.append(Partition(name, _bound(match[1]), _bound(match[2]), oid))
     far = dt.datetime.max.replace(tzinfo=dt.UTC)
     return sorted(found, key=lambda p: p.low or far)
+
+
+def _quoted(connection: AsyncConnection, name: str) -> str:
+    """A table name for SQL text (names come from the catalog, where anyone may have made
+    one; PostgreSQL cannot bind identifiers as parameters)."""
+    return str(connection.dialect.identifier_preparer.quote(name))
 
 
 def _literal(when: dt.datetime) -> str:
@@ -121,7 +128,7 @@ async def _create_month(
     if default is not None:
         await connection.execute(
             text(
-                f"WITH moved AS (DELETE FROM {default.name} "
+                f"WITH moved AS (DELETE FROM {_quoted(connection, default.name)} "  # noqa: S608 - a quoted name and two timestamps of ours
                 f"WHERE done_at >= {low} AND done_at < {high} RETURNING *) "
                 f"INSERT INTO {name} SELECT * FROM moved"
             )
@@ -206,13 +213,11 @@ async def drop_partitions_before(engine: AsyncEngine, boundary: dt.datetime) -> 
                 if partition.high is None or partition.high > boundary:
                     continue
                 rows = await conn.scalar(
-                    text(
-                        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(:t)"
-                    ),
-                    {"t": partition.name},
+                    text("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = :t"),
+                    {"t": partition.oid},
                 )
-                await _detach(conn, partition.name)
-                await conn.execute(text(f"DROP TABLE {partition.name}"))
+                await _detach(conn, partition)
+                await conn.execute(text(f"DROP TABLE {_quoted(conn, partition.name)}"))
                 log.info(
                     "retention: dropped partition %s (about %d reports)", partition.name, rows or 0
                 )
@@ -223,7 +228,8 @@ async def drop_partitions_before(engine: AsyncEngine, boundary: dt.datetime) -> 
     return dropped
 
 
-async def _detach(connection: AsyncConnection, name: str) -> None:
+async def _detach(connection: AsyncConnection, partition: Partition) -> None:
+    name = _quoted(connection, partition.name)
     await connection.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
     try:
         for attempt in range(LOCK_ATTEMPTS):
