@@ -23,7 +23,7 @@ MIGRATIONS_DIR = Path(migrations.__file__).parent
 _PARTITION = re.compile(r"reports_(default|p?\d{4}(_\w+)?)")
 
 
-def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
     """Whether schema comparison (alembic check, the drift test) looks at this object."""
     return not (type_ == "table" and name is not None and _PARTITION.fullmatch(name))
 

@@ -77,7 +77,7 @@ async def is_partitioned(connection: AsyncConnection) -> bool:
     if connection.dialect.name != "postgresql":
         return False
     kind = await connection.scalar(
-        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"), {"t": PARENT}
+        text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(:t)"), {"t": PARENT}
     )
     return bool(kind == "p")
 

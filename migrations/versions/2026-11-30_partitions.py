@@ -45,6 +45,7 @@ MOST_YEARS_BACK = 10
 #: How long the copy waits for the transactions running when it starts (an idle session
 #: left in a transaction would hold it forever).
 WAIT_SECONDS = 300
+SEQUENCE = sa.text("SELECT pg_get_serial_sequence('reports', 'id')")
 COLUMNS = (
     "id, report_key, batch_id, msgid, mobile, type, status, statuscode, outcome, final, "
     "inconsistent, done_at, received_at, source"
@@ -98,7 +99,7 @@ def _wait_for_running_transactions(connection: Connection) -> None:
 
 
 def _partition_postgres(connection: Connection) -> None:
-    sequence = connection.execute(sa.text("SELECT pg_get_serial_sequence('reports', 'id')")).scalar()
+    sequence = connection.execute(SEQUENCE).scalar()
     first = connection.execute(sa.text("SELECT min(received_at) FROM reports")).scalar()
     now = dt.datetime.now(dt.UTC)
     first = max((first or now).astimezone(dt.UTC), now - dt.timedelta(days=365 * MOST_YEARS_BACK))
@@ -163,7 +164,7 @@ def _partition_postgres(connection: Connection) -> None:
 
 
 def _unpartition_postgres(connection: Connection) -> None:
-    sequence = connection.execute(sa.text("SELECT pg_get_serial_sequence('reports', 'id')")).scalar()
+    sequence = connection.execute(SEQUENCE).scalar()
     op.execute("LOCK TABLE reports IN ACCESS EXCLUSIVE MODE")
     op.execute("CREATE TABLE reports_old (LIKE reports INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     op.execute(f"INSERT INTO reports_old ({COLUMNS}) SELECT {COLUMNS} FROM reports")
@@ -174,8 +175,8 @@ def _unpartition_postgres(connection: Connection) -> None:
     op.execute(
         "ALTER TABLE reports ADD CONSTRAINT uq_reports_msgid_report_key UNIQUE (msgid, report_key)"
     )
-    op.execute(
-        "CREATE INDEX ix_reports_batch_id_type_msgid_mobile ON reports (batch_id, type, msgid, mobile)"
+    op.create_index(
+        "ix_reports_batch_id_type_msgid_mobile", "reports", ["batch_id", "type", "msgid", "mobile"]
     )
 
 
