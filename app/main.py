@@ -37,6 +37,7 @@ from app.db.throttle import KeyThrottle
 from app.gateway import MboxiiClient
 from app.gateway.reconcile import Reconciler
 from app.ingest.endpoint import CallbackEndpoint
+from app.read.backlog import observe_pending
 from app.state import AppState, open_storage
 from app.web.headers import SecurityHeadersMiddleware, page_csp
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -141,6 +142,10 @@ def create_app(
                     name="mboxii-dlr-partitions",
                 )
                 stack.push_async_callback(cancel_and_wait, months)
+            backlog = asyncio.create_task(
+                observe_pending(state.engine, metrics), name="mboxii-dlr-backlog"
+            )
+            stack.push_async_callback(cancel_and_wait, backlog)
             if settings.retention_days:
                 interval = settings.retention_interval_seconds
                 # Every process offers; one per interval, across the deployment, runs it.

@@ -32,6 +32,7 @@ REJECTION_REASONS = (
     "storage_refused",
 )
 UNAVAILABLE_CAUSES = ("database", "saturated", "timeout", "stopping", "quarantine")
+GATEWAY_INTERFACES = ("SendSMS", "SendTimeSMS", "CheckSMS")
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -192,6 +193,21 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.queue_capacity = Gauge(
+            "mboxii_dlr_ingest_queue_capacity",
+            "Reports the writers' queues hold at most (DLR_INGEST_QUEUE_SIZE, summed over the "
+            "workers); beyond it callbacks are answered 503.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # Every process reads the same value from the database: the largest is the newest.
+        self.pending_oldest = Gauge(
+            "mboxii_dlr_deliveries_pending_oldest_seconds",
+            "Age of the oldest delivery done in the last 7 days whose newest report is still "
+            "not final (0 when none); read from the database every minute.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.batch_size = Histogram(
             "mboxii_dlr_ingest_batch_size",
             "Reports per group commit.",
@@ -234,6 +250,8 @@ class Metrics:
             self.rejections.labels(reason)
         for cause in UNAVAILABLE_CAUSES:
             self.unavailable.labels(cause)
+        for interface in GATEWAY_INTERFACES:
+            self.gateway_requests.labels(interface, "ok")
 
     def close(self) -> None:
         """The worker is stopping: its live gauges no longer count."""

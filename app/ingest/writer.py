@@ -92,6 +92,7 @@ class Writer:
         # Set on every change rather than read at scrape time: with several workers, a
         # scrape reads what each worker last wrote (app.core.metrics).
         self._depth_gauge = metrics.queue_depth
+        metrics.queue_capacity.set(queue_size)
         self._in_flight_gauge = metrics.in_flight
 
     def start(self) -> None:
