@@ -58,7 +58,11 @@ async def wal_lsn(dsn: str) -> str:
 async def wal_since(dsn: str, lsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", lsn))
+        return int(
+            await conn.fetchval(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", lsn
+            )
+        )
     finally:
         await conn.close()
 
