@@ -197,52 +197,61 @@ async def drop_partitions_before(engine: AsyncEngine, boundary: dt.datetime) -> 
     DETACH ... CONCURRENTLY would not block ingest at all, but PostgreSQL refuses it while a
     default partition exists; a plain DETACH holds the lock on `reports` for a catalog change
     only (milliseconds), and waits at most LOCK_TIMEOUT for it before it lets ingest by and
-    tries again. The DROP then runs on a table nobody reads any more. A session advisory lock
-    makes concurrent purges take turns: the second finds the months already gone."""
+    tries again. The DROP then runs, in a transaction of its own, on a table nobody reads
+    any more. Both take the partitions' advisory lock for their transaction (a session lock
+    would not survive a pooler in transaction mode), so concurrent purges take turns and the
+    second finds the months already gone."""
     dropped = Dropped([], 0)
     if engine.dialect.name != "postgresql":
         return dropped
     async with engine.connect() as connection:
-        # Each statement its own transaction: DETACH commits before DROP starts.
-        conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        if not await is_partitioned(conn):
+        if not await is_partitioned(connection):
             return dropped
-        await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
-        try:
-            for partition in await partitions(conn):
-                if partition.high is None or partition.high > boundary:
-                    continue
-                rows = await conn.scalar(
-                    text("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = :t"),
-                    {"t": partition.oid},
-                )
-                await _detach(conn, partition)
-                await conn.execute(text(f"DROP TABLE {_quoted(conn, partition.name)}"))
-                log.info(
-                    "retention: dropped partition %s (about %d reports)", partition.name, rows or 0
-                )
-                dropped.partitions.append(partition.name)
-                dropped.rows += int(rows or 0)
-        finally:
-            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+        doomed = [
+            p for p in await partitions(connection) if p.high is not None and p.high <= boundary
+        ]
+    for partition in doomed:
+        rows = await _detach(engine, partition)
+        if rows is None:
+            continue  # another purge took it
+        async with engine.begin() as connection:
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+            await connection.execute(
+                text(f"DROP TABLE IF EXISTS {_quoted(connection, partition.name)}")
+            )
+        log.info("retention: dropped partition %s (about %d reports)", partition.name, rows)
+        dropped.partitions.append(partition.name)
+        dropped.rows += rows
     return dropped
 
 
-async def _detach(connection: AsyncConnection, partition: Partition) -> None:
-    name = _quoted(connection, partition.name)
-    await connection.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
-    try:
-        for attempt in range(LOCK_ATTEMPTS):
-            try:
+async def _detach(engine: AsyncEngine, partition: Partition) -> int | None:
+    """Detach `partition` if it is still attached; its rows by the planner's statistics, or
+    None when another process detached it first."""
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+                attached = await connection.scalar(
+                    text(
+                        "SELECT greatest(c.reltuples, 0)::bigint FROM pg_inherits i "
+                        "JOIN pg_class c ON c.oid = i.inhrelid "
+                        "WHERE i.inhrelid = :p AND i.inhparent = to_regclass(:t)"
+                    ),
+                    {"p": partition.oid, "t": PARENT},
+                )
+                if attached is None:
+                    return None
+                await connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+                name = _quoted(connection, partition.name)
                 await connection.execute(text(f"ALTER TABLE {PARENT} DETACH PARTITION {name}"))
-                return
-            except DBAPIError as exc:
-                if not _lock_timed_out(exc) or attempt == LOCK_ATTEMPTS - 1:
-                    raise
-                log.info("retention: %s is busy; detaching %s again shortly", PARENT, name)
-                await asyncio.sleep(0.5 * (attempt + 1))
-    finally:
-        await connection.execute(text("RESET lock_timeout"))
+                return int(attached)
+        except DBAPIError as exc:
+            if not _lock_timed_out(exc) or attempt == LOCK_ATTEMPTS - 1:
+                raise
+            log.info("retention: %s is busy; detaching %s again shortly", PARENT, partition.name)
+            await asyncio.sleep(0.5 * (attempt + 1))
+    return None
 
 
 async def maintain_periodically(engine: AsyncEngine, interval: float) -> None:

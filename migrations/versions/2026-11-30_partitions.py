@@ -45,6 +45,8 @@ MOST_YEARS_BACK = 10
 #: How long the copy waits for the transactions running when it starts (an idle session
 #: left in a transaction would hold it forever).
 WAIT_SECONDS = 300
+#: ids below the highest committed one copied again under the lock (an index range).
+MARGIN = 10_000
 SEQUENCE = sa.text("SELECT pg_get_serial_sequence('reports', 'id')")
 COLUMNS = (
     "id, report_key, batch_id, msgid, mobile, type, status, statuscode, outcome, final, "
@@ -72,28 +74,24 @@ def _literal(when: dt.datetime) -> str:
 
 
 def _wait_for_running_transactions(connection: Connection) -> None:
-    """Wait until every transaction running now has ended, so that every id below the
-    highest committed one is committed (or rolled back) too."""
-    running = connection.execute(
-        sa.text("SELECT pg_snapshot_xip(pg_current_snapshot())::text")
-    ).scalars()
-    pending = list(running)
+    """Wait until every transaction that writes in this database now has ended, so that
+    every id below the highest committed one is committed (or rolled back) too."""
+    writing = sa.text(
+        "SELECT pid::text || ':' || backend_xid::text FROM pg_stat_activity "
+        "WHERE datname = current_database() AND backend_xid IS NOT NULL "
+        "AND pid <> pg_backend_pid()"
+    )
+    pending = set(connection.execute(writing).scalars())
     deadline = time.monotonic() + WAIT_SECONDS
     while pending:
-        pending = [
-            xid
-            for xid in pending
-            if connection.execute(
-                sa.text("SELECT pg_xact_status(CAST(:x AS xid8))"), {"x": xid}
-            ).scalar()
-            == "in progress"
-        ]
+        pending &= set(connection.execute(writing).scalars())
         if not pending:
             return
         if time.monotonic() > deadline:
+            pids = ", ".join(sorted(p.split(":")[0] for p in pending))
             raise RuntimeError(
-                f"transactions {', '.join(pending)} have run for over {WAIT_SECONDS}s; end them "
-                "(pg_stat_activity shows their sessions) and migrate again"
+                f"transactions of the sessions {pids} have run for over {WAIT_SECONDS}s; end "
+                "them (pg_stat_activity shows what they are) and migrate again"
             )
         time.sleep(0.1)
 
@@ -139,8 +137,11 @@ def _partition_postgres(connection: Connection) -> None:
 
     # What arrived meanwhile, with ingest held back (reads too, for the swap): seconds.
     op.execute("LOCK TABLE reports IN ACCESS EXCLUSIVE MODE")
+    # (and a margin below it, should a row have taken its id from the sequence before the
+    # highest one committed, yet written it only after the wait looked: microseconds apart)
     op.execute(
-        f"INSERT INTO reports_new ({COLUMNS}) SELECT {COLUMNS} FROM reports WHERE id > {highest}"
+        f"INSERT INTO reports_new ({COLUMNS}) SELECT {COLUMNS} FROM reports "
+        f"WHERE id > {highest - MARGIN} ON CONFLICT DO NOTHING"
     )
     op.execute(f"ALTER SEQUENCE {sequence} OWNED BY reports_new.id")
     op.execute("DROP TABLE reports")
