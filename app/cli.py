@@ -89,7 +89,11 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.db.migrate import describe_error, upgrade
 
     try:
-        upgrade(settings.database_url, getattr(args, "revision", None) or "head")
+        upgrade(
+            settings.database_url,
+            getattr(args, "revision", None) or "head",
+            prepared_statements=settings.db_prepared_statements,
+        )
     except (OSError, SQLAlchemyError) as exc:
         print(
             f"mboxii-dlr: cannot migrate the database {shown_url(settings.database_url)}: "
@@ -120,7 +124,9 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
         print(f"deleted so far: {result.describe()}", flush=True)
 
     async def run() -> PurgeResult:
-        engine = create_engine(settings.database_url, pool_size=1)
+        engine = create_engine(
+            settings.database_url, pool_size=1, prepared_statements=settings.db_prepared_statements
+        )
         try:
             return await purge(engine, cutoff, batch_size=args.batch_size, progress=progress)
         finally:

@@ -43,7 +43,11 @@ async def open_storage(
 ) -> AsyncIterator[Storage]:
     """The engine and a running writer for `settings`, for the server and the CLI alike;
     on leaving, the writer commits what it holds and the engine closes its connections."""
-    engine = create_engine(settings.database_url, pool_size=pool_size or settings.db_pool_size)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=pool_size or settings.db_pool_size,
+        prepared_statements=settings.db_prepared_statements,
+    )
     try:
         writer = Writer(
             engine,

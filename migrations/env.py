@@ -33,7 +33,11 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_engine(_database_url(), pool_size=1)
+    engine = create_engine(
+        _database_url(),
+        pool_size=1,
+        prepared_statements=config.attributes.get("prepared_statements", True),
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

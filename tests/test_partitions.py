@@ -10,22 +10,19 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
 from sqlalchemy import text, update
-from sqlalchemy.engine import make_url
 
 from app.db import partitions
 from app.db.engine import create_engine
 from app.db.migrate import upgrade
 from app.db.models import Delivery, Report
 from app.db.retention import cutoff_for, purge
-from tests.conftest import PG_ADMIN_URL, ROOT, _pg_admin, make_settings, report, running_app
+from tests.conftest import ROOT, make_settings, report, running_app
 from tests.helpers import consistency_problems
 
 pytestmark = pytest.mark.postgres
@@ -34,22 +31,6 @@ TAIPEI = ZoneInfo("Asia/Taipei")
 CB = "/callbacks/mboxii"
 NOW = dt.datetime.now(dt.UTC)
 THIS_MONTH = partitions.month_start(NOW)
-
-
-@pytest.fixture
-def fresh_postgres(postgres_url: str) -> Iterator[str]:
-    """A database of its own, migrated (the partitions a test makes or drops stay its own)."""
-    name = f"mboxii_parts_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-def migrated(fresh_postgres: str) -> str:
-    upgrade(fresh_postgres)
-    return fresh_postgres
 
 
 async def where_stored(url: str) -> dict[tuple[str, str], str]:

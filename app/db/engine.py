@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
-    """Create the async engine with durable settings for either backend."""
+def create_engine(
+    database_url: str, pool_size: int = 10, echo: bool = False, prepared_statements: bool = True
+) -> AsyncEngine:
+    """Create the async engine with durable settings for either backend. Without
+    `prepared_statements`, PostgreSQL statements are prepared unnamed, or under names used
+    once, so a pooler in transaction mode may hand each transaction another server session."""
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
         database = url.database
@@ -108,8 +113,18 @@ def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) ->
                 "application_name": "mboxii-dlr",
                 "timezone": "UTC",
             },
+            **({} if prepared_statements else UNPREPARED),
         },
     )
+
+
+# asyncpg's own cache (the ingest store's statements), SQLAlchemy's, and the names of what
+# SQLAlchemy still prepares: unique, so that no two sessions' names meet on one server session.
+UNPREPARED: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": lambda: f"__mboxii_dlr_{uuid.uuid4().hex}__",
+}
 
 
 def insert_for(dialect: Dialect, table: Any) -> Any:

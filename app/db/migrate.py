@@ -28,16 +28,17 @@ def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
     return not (type_ == "table" and name is not None and _PARTITION.fullmatch(name))
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, prepared_statements: bool = True) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = database_url
+    config.attributes["prepared_statements"] = prepared_statements
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "head", *, prepared_statements: bool = True) -> None:
     """Migrate the database to `revision` (blocking; call it outside the event loop)."""
-    command.upgrade(alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url, prepared_statements), revision)
 
 
 @lru_cache

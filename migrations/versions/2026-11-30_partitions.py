@@ -84,6 +84,8 @@ def _wait_for_running_transactions(connection: Connection) -> None:
     pending = set(connection.execute(writing).scalars())
     deadline = time.monotonic() + WAIT_SECONDS
     while pending:
+        # pg_stat_activity is read once per transaction unless told to read it again.
+        connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
         pending &= set(connection.execute(writing).scalars())
         if not pending:
             return
