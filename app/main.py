@@ -21,8 +21,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
 from app.api import deliveries, messages, ops, rejected, stats
-from app.api.auth import require_api_key
+from app.api.auth import ApiKeyMiddleware, require_api_key
+from app.api.budget import SendBudget
 from app.api.errors import install_error_handlers
+from app.api.openapi import refine
 from app.api.params import reject_nul
 from app.core import redact
 from app.core.metrics import Metrics
@@ -141,6 +143,13 @@ def create_app(
                 ).inc(),
             )
             app.state.gateway = gateway
+            if settings.mboxii_base_url.startswith("http://"):
+                log.warning(
+                    "DLR_MBOXII_BASE_URL is plain http: MboxII's API speaks only HTTP on port "
+                    "80, so the account password and every message cross the network in clear; "
+                    "send from a network path you trust, or use an https base URL if your "
+                    "gateway offers one"
+                )
             reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)
             app.state.reconciler = reconciler
             reconciler.start()
@@ -172,10 +181,14 @@ def create_app(
     app.state.metrics = metrics
     app.state.ack_body = settings.callback_ack.encode("utf-8")
     app.state.login_throttle = LoginThrottle()
+    app.state.send_budget = SendBudget(settings.send_rate)
     install_error_handlers(app)
     app.include_router(ops.router)
-    # Every /v1 route sits behind the API keys; the callback path never does.
-    v1 = [Depends(require_api_key), Depends(reject_nul)]
+    # Every /v1 route sits behind the API keys (when there are any); the callback path never
+    # does. ApiKeyMiddleware checks them first; the dependency documents and re-checks.
+    keys = [Depends(require_api_key)] if settings.read_keys else []
+    app.include_router(ops.metrics_router, dependencies=[] if settings.metrics_open else keys)
+    v1 = [*keys, Depends(reject_nul)]
     for router in (stats.router, rejected.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
@@ -184,6 +197,8 @@ def create_app(
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.
         app.include_router(messages.router, dependencies=v1)
+    # Innermost, so CORS preflights (answered outside it) need no key.
+    app.add_middleware(ApiKeyMiddleware, settings=settings)
     if settings.cors_origins:
         # Browser dashboards on other origins; preflights are answered here, before the
         # API key check, as browsers send them without credentials.
@@ -228,7 +243,7 @@ def create_app(
             )
             # The callback is served by a lean ASGI route; document it all the same.
             schema["paths"] = {**callbacks.OPENAPI_PATHS, **schema["paths"]}
-            app.openapi_schema = schema
+            app.openapi_schema = refine(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,25 +1,105 @@
-"""Who may call /v1: the API keys, as a dependency every /v1 router is mounted with."""
+"""Who may call /v1 and /metrics: read keys and send keys, checked before any body is read."""
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated, Literal
 
-from app.core.errors import Unauthorized
-from app.web.security import matches_secret
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.errors import Forbidden, Unauthorized
+from app.core.settings import Settings
+from app.web.answers import refuse
+from app.web.security import key_id, matches_secret
+
+Access = Literal["read", "send"]
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mboxii-dlr"'}
+UNAUTHORIZED = "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>"
+FORBIDDEN = "this key may read but not send or cancel: use a key of DLR_SEND_API_KEYS"
+# Only documentation: the checks themselves run in ApiKeyMiddleware, before the body is read.
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer")
 
 
-def require_api_key(request: Request) -> None:
-    """Let a /v1 request through when DLR_API_KEYS is empty or it carries one of the keys."""
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    given = request.headers.get("x-api-key")
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key a request carries in X-API-Key, else as an Authorization Bearer token."""
+    given = headers.get(b"x-api-key")
     if given is None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = credentials.strip()
-    if not given or not matches_secret(given, keys):
-        raise Unauthorized(
-            "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
-            headers={"WWW-Authenticate": 'Bearer realm="mboxii-dlr"'},
-        )
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        given = credentials.strip()
+    return given.decode("latin-1") or None
+
+
+def needed_scope(method: str, path: str, settings: Settings) -> Access | None:
+    """What a request needs: `send` to send or cancel, `read` for the rest of /v1 (and
+    /metrics unless it is public), None for paths open to anyone."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "read" if method in ("GET", "HEAD", "OPTIONS") else "send"
+    if path == "/v1" or path.startswith("/v1/"):
+        return "read"
+    if path == "/metrics" and not settings.metrics_open:
+        return "read"
+    return None
+
+
+def check_key(settings: Settings, key: str | None, needed: Access) -> str | None:
+    """The key's public name when it may do what `needed` says (None: no keys configured).
+    Raise Unauthorized for a missing or unknown key, Forbidden for a read key that sends."""
+    if not settings.read_keys:
+        return None
+    if not key or not matches_secret(key, settings.read_keys):
+        raise Unauthorized(UNAUTHORIZED, headers=CHALLENGE)
+    if needed == "send" and not matches_secret(key, settings.send_api_keys):
+        raise Forbidden(FORBIDDEN)
+    return key_id(key)
+
+
+class ApiKeyMiddleware:
+    """Refuses a /v1 request without a valid key (401) or sending with a read-only key (403)
+    before the application reads its body, so a malformed body says nothing to a stranger.
+    The key's public name goes to `scope["state"]["api_key"]` for the send budget."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        needed = needed_scope(scope["method"], scope["path"], self.settings)
+        if needed is not None:
+            headers = dict(scope["headers"])
+            try:
+                name = check_key(self.settings, presented_key(headers), needed)
+            except (Unauthorized, Forbidden) as exc:
+                extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+                await refuse(
+                    send,
+                    receive,
+                    status=exc.status_code,
+                    payload=exc.body(),
+                    request_headers=headers,
+                    headers=extra,
+                )
+                return
+            scope.setdefault("state", {})["api_key"] = name
+        await self.app(scope, receive, send)
+
+
+ApiKeyDoc = Annotated[str | None, Security(API_KEY_HEADER)]
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+def require_api_key(request: Request, _key: ApiKeyDoc, _bearer: BearerDoc) -> None:
+    """Check again, per route, what ApiKeyMiddleware checked (a route mounted without the
+    middleware stays guarded); the parameters put the two schemes in the OpenAPI document."""
+    check_key(request.app.state.settings, presented_key(dict(request.scope["headers"])), "read")
+
+
+def require_send_key(request: Request, _key: ApiKeyDoc, _bearer: BearerDoc) -> None:
+    """As require_api_key, for the routes that send or cancel."""
+    check_key(request.app.state.settings, presented_key(dict(request.scope["headers"])), "send")

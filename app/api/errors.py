@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.errors import ApiError
 
@@ -23,6 +24,19 @@ def _clean(errors: Any) -> list[dict[str, Any]]:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
         cleaned.append({"field": ".".join(loc) or "request", "message": err.get("msg", "")})
     return cleaned
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: a 405 names them all in `Allow`, where
+    Starlette names only those of the first route that matched (GET and DELETE of
+    /v1/messages/{batch_id} are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -38,19 +52,23 @@ def install_error_handlers(app: FastAPI) -> None:
             {"error": "invalid_parameters", "errors": _clean(exc.errors())}, status_code=422
         )
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         codes = {
+            400: "malformed_body",
             404: "not_found",
             405: "method_not_allowed",
             401: "unauthorized",
             413: "payload_too_large",
         }
         code = codes.get(exc.status_code, "http_error")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return JSONResponse(
             {"error": code, "message": str(exc.detail)},
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     async def storage_error(request: Request, exc: Exception) -> JSONResponse:
@@ -80,10 +98,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     from app.api.schemas import ErrorRead, ValidationErrorRead
 
     text = {
+        400: "The body is not JSON (`malformed_body`)",
         401: "Missing or wrong API key",
+        403: "The key may read but not send or cancel (`forbidden`)",
         404: "Not found",
         409: "Several deliveries share this msgid; pass `mobile`",
         422: "Invalid parameters",
+        429: "Over the key's budget of messages a minute (`DLR_SEND_RATE`); see `Retry-After`",
         502: "The gateway refused (`gateway_error` with its `code`, `meaning` and `interface`), "
         "was unreachable, or answered something unreadable",
         503: "The database is unreachable",

@@ -8,10 +8,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.errors import error_responses
 from app.api.schemas import HealthRead, ReadyRead
 from app.db.migrate import current_revision, head_revision
 
 router = APIRouter(tags=["operations"])
+# Mounted behind the API keys unless DLR_METRICS_PUBLIC (the volumes are business figures).
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=HealthRead, summary="Liveness")
@@ -49,11 +52,14 @@ async def get_readiness(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get(
+@metrics_router.get(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        **error_responses(401),
+    },
 )
 async def get_metrics(request: Request) -> Response:
     """Expose the service's metrics in the Prometheus text format."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import select
 
 from app.api.errors import error_responses
-from app.api.params import invalid
+from app.api.params import CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
 from app.core.errors import InvalidCallback, NotFound, Unavailable
 from app.db.engine import SessionDep
@@ -60,7 +60,11 @@ async def list_quarantine(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
     cursor: Annotated[
-        str | None, Query(description="`next_cursor` of the previous page, with the same filters")
+        str | None,
+        Query(
+            description="`next_cursor` of the previous page, with the same filters",
+            json_schema_extra=pattern(CURSOR_PATTERN),
+        ),
     ] = None,
 ) -> dict[str, Any]:
     """List quarantined callback requests, newest first."""
@@ -68,6 +72,7 @@ async def list_quarantine(
     filters = {"list": "rejected", "reason": reason}
     before_id = None
     if cursor is not None:
+        check_cursor(cursor)
         position = decode_cursor(key, cursor, filters)
         if len(position) != 1 or type(position[0]) is not int:
             raise invalid("cursor", "is not a cursor of this list")
@@ -81,6 +86,7 @@ async def list_quarantine(
 @router.post(
     "/rejected/{id}/replay",
     response_model=DeliveryRead,
+    operation_id="replay_rejected",
     summary="Replay a quarantined callback request",
     description="Validates the stored request again under the current settings, as of its "
     "original receipt time. When it passes, the report is stored through the callback's "

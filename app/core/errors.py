@@ -54,6 +54,27 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    """A valid key that may not do this (a read-only key sending)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyRequests(ApiError):
+    """Over a budget; `Retry-After` says when to try again."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+
+class MalformedBody(ApiError):
+    """A body that cannot be read as JSON at all (not UTF-8, for instance)."""
+
+    status_code = 400
+    code = "malformed_body"
+
+
 class Unavailable(ApiError):
     status_code = 503
     code = "unavailable"

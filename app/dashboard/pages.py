@@ -135,7 +135,7 @@ def page(
         {
             "request_path": request.url.path,
             "session": session,
-            "keys_required": bool(settings.api_keys),
+            "keys_required": bool(settings.read_keys),
             "zone_name": settings.gateway_timezone,
             "local": lambda value: local_time(value, zone),
             "delivery_url": delivery_url,

@@ -16,6 +16,7 @@ from fastapi import Request
 
 from app.core.settings import Settings
 from app.read.cursors import cursor_key
+from app.web.security import key_id
 
 COOKIE = "dlr_dashboard"
 COOKIE_PATH = "/dashboard"
@@ -25,11 +26,6 @@ OPEN_KEY_ID = "open"  # the sessions of a dashboard without API keys
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def key_id(key: str) -> str:
-    """A short public name of a key: says which key made a session, reveals nothing of it."""
-    return hashlib.sha256(b"mboxii-dlr key id\x00" + key.encode()).hexdigest()[:12]
 
 
 def _key_secret(key: str) -> bytes:
@@ -43,9 +39,9 @@ def _open_secret(settings: Settings) -> bytes:
 
 def _secrets(settings: Settings) -> dict[str, bytes]:
     """Signing secret by key id: one per API key, or the open one when there are no keys."""
-    if not settings.api_keys:
+    if not settings.read_keys:
         return {OPEN_KEY_ID: _open_secret(settings)}
-    return {key_id(key): _key_secret(key) for key in settings.api_keys}
+    return {key_id(key): _key_secret(key) for key in settings.read_keys}
 
 
 def _sign(secret: bytes, payload: str) -> str:
@@ -112,7 +108,7 @@ def current_session(request: Request) -> Session | None:
     """The request's valid session; on an open dashboard, a new one when it has none."""
     settings: Settings = request.app.state.settings
     session = verify(settings, request.cookies.get(COOKIE))
-    if session is None and not settings.api_keys:
+    if session is None and not settings.read_keys:
         session = issue(settings, None)
     return session
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -23,6 +24,30 @@ MAX_LENGTH: dict[tuple[Language, SendType], int] = {
     ("chinese", "scheduled"): 70,
 }
 STEP_MINUTES = 5
+#: How far ahead a send may be scheduled (a bound, so that no date arithmetic overflows).
+MAX_AHEAD = dt.timedelta(days=3653)
+MAX_AHEAD_TEXT = "ten years"
+
+# Patterns use explicit character classes so that every regex engine reading the OpenAPI
+# document (ECMA-262, Rust, Python) agrees with the checks here.
+_SEP = "[ .-]*"
+#: A Taiwan mobile number in every spelling normalize_mobile accepts: 0912345678,
+#: +886912345678, 886912345678, 912345678, +8860912345678, with spaces, dots or dashes
+#: between the digits (leading spaces too: a `+` in a query string arrives as one).
+MOBILE_PATTERN = (
+    rf"^ *(?:\+?8{_SEP}8{_SEP}6{_SEP}(?:0{_SEP})?|0{_SEP})?9(?:{_SEP}[0-9]){{8}}{_SEP}$"
+)
+_MOBILE_RE = re.compile(MOBILE_PATTERN)
+# Control characters (C0 but line breaks, DEL, C1): an SMS has no use for them and
+# PostgreSQL refuses NUL, which would fail the record after the gateway has sent.
+_CONTROL = r"\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f"
+# Whitespace as str.isspace() knows it, beyond the control characters.
+_SPACE = r"\x0a\x0d\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: Message text: no control characters but line breaks, and something besides whitespace.
+TEXT_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+# The two halves of TEXT_PATTERN, each a linear search (the pattern itself backtracks).
+_CONTROL_RE = re.compile(f"[{_CONTROL}]")
+_VISIBLE_RE = re.compile(f"[^{_CONTROL}{_SPACE}]")
 
 
 class InvalidMessage(ValueError):
@@ -63,6 +88,13 @@ class OutboundMessage:
 def gateway_mobile(e164: str) -> str:
     """`+886920222111` -> `0920222111`, the form the gateway asks for."""
     return "0" + e164.removeprefix("+886")
+
+
+def mobile_from_input(value: str) -> str | None:
+    """A number as a client typed it (MOBILE_PATTERN) as E.164, or None."""
+    if not _MOBILE_RE.fullmatch(value):
+        return None
+    return normalize_mobile(value.strip(" "))
 
 
 def parse_send_at(value: str | dt.datetime, zone: ZoneInfo) -> dt.datetime:
@@ -108,7 +140,7 @@ def prepare_message(
     normalized: list[str] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(numbers):
-        mobile = normalize_mobile(raw.strip()) if isinstance(raw, str) else None
+        mobile = mobile_from_input(raw) if isinstance(raw, str) else None
         if mobile is None:
             errors.append(
                 {
@@ -131,7 +163,7 @@ def prepare_message(
     if send_at is not None:
         try:
             when = parse_send_at(send_at, zone)
-        except ValueError:
+        except (ValueError, OverflowError):
             errors.append(
                 {
                     "field": "send_at",
@@ -152,10 +184,25 @@ def prepare_message(
                 )
             elif when <= now:
                 errors.append({"field": "send_at", "message": "must be in the future"})
+            elif when > now + MAX_AHEAD:
+                errors.append(
+                    {
+                        "field": "send_at",
+                        "message": f"must be at most {MAX_AHEAD_TEXT} ahead",
+                    }
+                )
 
     chosen = choose_language(text, language)
     kind: SendType = "now" if send_at is None else "scheduled"
-    if not text.strip():
+    if _CONTROL_RE.search(text):
+        errors.append(
+            {
+                "field": "text",
+                "message": "must not hold control characters (NUL and the like); "
+                "line breaks are fine",
+            }
+        )
+    elif not _VISIBLE_RE.search(text):
         errors.append({"field": "text", "message": "must not be empty"})
     elif chosen == "english" and not text.isascii():
         errors.append(
