@@ -46,7 +46,9 @@ _SPACE = r"\x0a\x0d\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 #: Message text: no control characters but line breaks, and something besides whitespace.
 TEXT_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
 # The two halves of TEXT_PATTERN, each a linear search (the pattern itself backtracks).
-_CONTROL_RE = re.compile(f"[{_CONTROL}]")
+# Lone surrogates too (JSON can escape them): no gateway request can encode one. JSON Schema
+# validators cannot read them at all, so they stay out of TEXT_PATTERN.
+_CONTROL_RE = re.compile(f"[{_CONTROL}\ud800-\udfff]")
 _VISIBLE_RE = re.compile(f"[^{_CONTROL}{_SPACE}]")
 
 
