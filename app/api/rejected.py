@@ -12,15 +12,13 @@ from app.api.errors import error_responses
 from app.api.params import CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
 from app.core.errors import InvalidCallback, NotFound, Unavailable
-from app.db.engine import SessionDep
+from app.db.engine import MAX_ROW_ID, SessionDep
 from app.db.models import Delivery, Rejected
 from app.ingest.quarantine import list_rejected, replay
 from app.ingest.writer import IngestUnavailable
 from app.read.cursors import cursor_key, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1", tags=["quarantine"])
-
-MAX_ID = 2**63 - 1
 
 
 def rejected_item(row: Rejected) -> dict[str, Any]:
@@ -100,7 +98,9 @@ async def list_quarantine(
 async def replay_rejected(
     request: Request,
     session: SessionDep,
-    id: Annotated[int, Path(ge=1, le=MAX_ID, description="The quarantine row's id", examples=[17])],
+    id: Annotated[
+        int, Path(ge=1, le=MAX_ROW_ID, description="The quarantine row's id", examples=[17])
+    ],
 ) -> DeliveryRead:
     """Validate a quarantined request again and store its report when it now passes."""
     row = await session.get(Rejected, id)

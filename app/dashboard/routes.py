@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import Query, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.core.settings import Settings
@@ -23,7 +23,7 @@ from app.dashboard.pages import (
     settings_of,
 )
 from app.dashboard.views import delivery_ref, national
-from app.db.engine import SessionDep
+from app.db.engine import MAX_ROW_ID, SessionDep
 from app.db.models import Rejected
 from app.ingest.parse import (
     DELIVERED_WORDS,
@@ -104,11 +104,10 @@ async def show_dashboard(
     request: Request,
     session: SessionDep,
     viewer: Viewer,
-    refresh: int = DEFAULT_REFRESH,
+    refresh: Annotated[int, Query(ge=2, le=3600)] = DEFAULT_REFRESH,
 ) -> HTMLResponse:
     """The overview: rates and volumes over time, status words, failures, quarantine."""
     context = await figures_context(request, session)
-    refresh = min(max(refresh, 2), 3600)  # seconds between updates of the figures
     return page(request, "overview.html", {**context, "refresh": refresh}, viewer)
 
 
@@ -241,11 +240,11 @@ async def list_rejected_requests(
     request: Request,
     session: SessionDep,
     viewer: Viewer,
-    before: Annotated[int | None, Query(ge=1)] = None,
-    replayed: Annotated[int | None, Query(ge=1)] = None,
-    result: str | None = None,
-    msgid: str | None = None,
-    ref: str | None = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+    replayed: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+    result: Annotated[str | None, Query(max_length=16)] = None,
+    msgid: Annotated[str | None, Query(max_length=64)] = None,
+    ref: Annotated[str | None, Query(max_length=64)] = None,
 ) -> HTMLResponse:
     """The quarantine, newest first, with a replay button for each request."""
     rows: Sequence[Rejected] = await list_rejected(session, REJECTED_PAGE + 1, before_id=before)
@@ -269,7 +268,10 @@ async def list_rejected_requests(
 
 @router.post("/dashboard/rejected/{id}/replay")
 async def replay_request(
-    request: Request, session: SessionDep, viewer: Viewer, id: int
+    request: Request,
+    session: SessionDep,
+    viewer: Viewer,
+    id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],
 ) -> RedirectResponse:
     """Validate a quarantined request again and store its report when it now passes."""
     await checked_form(request, viewer)
