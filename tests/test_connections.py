@@ -4,10 +4,12 @@ closed after DLR_HEADER_TIMEOUT_SECONDS and never starve the gateway's callbacks
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +22,27 @@ pytestmark = pytest.mark.slow
 CB = "/callbacks/mboxii"
 TIMEOUT = 1.5  # DLR_HEADER_TIMEOUT_SECONDS of these servers
 LIMIT = 10  # DLR_LIMIT_CONCURRENCY (its smallest allowed value)
+
+
+@pytest.fixture
+def live_server(sqlite_template: Path, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Real servers on a SQLite copy: how connections are handled does not depend on the
+    database, so one is enough."""
+    path = tmp_path / "dlr.db"
+    shutil.copy(sqlite_template, path)
+    servers: list[LiveServer] = []
+
+    def start(**env: str) -> LiveServer:
+        server = LiveServer(f"sqlite:///{path}", env)
+        servers.append(server)
+        if "DLR_HOST" in env and not env["DLR_HOST"]:
+            del server.env["DLR_HOST"]  # the default, as a bare `mboxii-dlr serve` has it
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+        server.log_path.unlink(missing_ok=True)
 
 
 def callback_status(server: LiveServer, msgid: str) -> int:
@@ -120,14 +143,10 @@ def test_a_stalled_body_is_closed_and_a_slow_one_is_served(
     assert raw_request(server.port, build_request("GET", "/healthz")).status == 200
 
 
-def test_the_server_listens_on_loopback_unless_told_otherwise(database_url: str) -> None:
+def test_the_server_listens_on_loopback_unless_told_otherwise(
+    live_server: Callable[..., LiveServer],
+) -> None:
     # `make run` and a bare `mboxii-dlr serve` are for this machine only; the image sets
     # DLR_HOST=0.0.0.0 itself (tests/test_deploy.py).
-    server = LiveServer(database_url, {"DLR_LOG_LEVEL": "info"})
-    del server.env["DLR_HOST"]
-    try:
-        server.start()
-        assert f"http://127.0.0.1:{server.port}" in server.read_output()
-    finally:
-        server.stop()
-        server.log_path.unlink(missing_ok=True)
+    server = live_server(DLR_LOG_LEVEL="info", DLR_HOST="")
+    assert f"http://127.0.0.1:{server.port}" in server.read_output()
