@@ -54,8 +54,10 @@ questions about them.
   schedule through MboxII with this service's callback URL; reconciliation asks the gateway
   (CheckSMS) about reports that never came.
 * **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
-  `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
-  gateway zone. Errors are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
+  keys are set: a key of `DLR_API_KEYS` reads, one of `DLR_SEND_API_KEYS` also sends and
+  cancels (`403` for a read key). `/metrics` takes the same keys unless it is public.
+  Times are ISO 8601 in UTC; parameters without an offset are in the gateway zone. Errors
+  are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
   `{"error": "invalid_parameters", "errors": [{"field": "...", "message": "..."}]}`.
 * **Browsers**: set `DLR_CORS_ORIGINS` (comma separated origins) to let dashboards served
   from those origins call the read API.

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Request, Security
+from fastapi.routing import iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import Forbidden, Unauthorized
@@ -57,6 +59,17 @@ def check_key(settings: Settings, key: str | None, needed: Access) -> str | None
     return key_id(key)
 
 
+def name_route(scope: Scope) -> None:
+    """Put the route the request would have reached in the scope, so that metrics and the
+    access log name a refused request by its template, never by its path (which holds ids)."""
+    router = getattr(scope.get("app"), "router", None)
+    for context in iter_route_contexts(router.routes if router is not None else []):
+        match, _ = context.original_route.matches(scope)
+        if match is not Match.NONE:
+            scope["route"] = context.original_route
+            return
+
+
 class ApiKeyMiddleware:
     """Refuses a /v1 request without a valid key (401) or sending with a read-only key (403)
     before the application reads its body, so a malformed body says nothing to a stranger.
@@ -76,6 +89,7 @@ class ApiKeyMiddleware:
             try:
                 name = check_key(self.settings, presented_key(headers), needed)
             except (Unauthorized, Forbidden) as exc:
+                name_route(scope)
                 extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
                 await refuse(
                     send,
