@@ -41,6 +41,7 @@ from app.read.queries import get_delivery
 log = logging.getLogger("mboxii_dlr.dashboard")
 
 SEARCH_LIMIT = 100
+MAX_IDENTIFIER = 64  # no stored msgid or batch ID is longer
 BATCH_LIMIT = 200
 REJECTED_PAGE = 50
 DEFAULT_REFRESH = 10
@@ -160,11 +161,13 @@ async def show_delivery(
     session: SessionDep,
     viewer: Viewer,
     msgid: str,
-    ref: str | None = None,
+    ref: Annotated[str | None, Query(max_length=64)] = None,
     reveal: bool = False,
 ) -> HTMLResponse:
     """One delivery: its current state and its history of reports; the number masked."""
     settings = settings_of(request)
+    if len(msgid) > MAX_IDENTIFIER:
+        raise PageError(404, "No such delivery", "No delivery has this msgid.")
     rows = await data.deliveries_with_msgid(session, msgid, SEARCH_LIMIT + 1)
     if ref is not None:
         rows = [d for d in rows if delivery_ref(settings, d.mobile) == ref]
@@ -200,6 +203,8 @@ async def show_batch(
     request: Request, session: SessionDep, viewer: Viewer, batch_id: str
 ) -> HTMLResponse:
     """One send (batch ID): its counts by outcome and status word, and its deliveries."""
+    if len(batch_id) > MAX_IDENTIFIER:
+        raise PageError(404, "No such batch", "No report names this batch ID.")
     summary = await batch_summary(session, batch_id)
     if summary is None:
         raise PageError(404, "No such batch", "No report names this batch ID.")
