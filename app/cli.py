@@ -202,8 +202,9 @@ async def replay_all(settings: Settings, include_replayed: bool) -> int:
 
     from app.core.metrics import Metrics
     from app.db.engine import create_engine
+    from app.ingest.errors import IngestUnavailable
     from app.ingest.quarantine import list_rejected, replay
-    from app.ingest.writer import IngestUnavailable, Writer
+    from app.ingest.writer import Writer
 
     engine = create_engine(settings.database_url, pool_size=2)
     writer = Writer(

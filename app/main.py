@@ -30,9 +30,9 @@ from app.core import redact
 from app.core.metrics import Metrics
 from app.core.paths import route_template
 from app.core.settings import Settings, get_settings
-from app.dashboard.throttle import LoginThrottle
 from app.db.engine import create_engine
 from app.db.retention import purge_periodically
+from app.db.throttle import KeyThrottle
 from app.ingest import endpoint as callbacks
 from app.ingest.writer import Writer
 from app.web.headers import SecurityHeadersMiddleware, page_csp
@@ -104,16 +104,19 @@ def create_app(
         app.state.engine = engine
         app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         app.state.writer = writer
+        app.state.key_throttle = KeyThrottle(engine)
         if not settings.callback_tokens:
             log.warning(
                 "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
                 "without a secret; set tokens before exposing this service"
             )
-        for name in settings.short_secrets:
+        for name, problem in settings.weak_secrets():
+            # Production refuses these (app.core.settings); a trial setup is only told.
             log.warning(
-                "%s holds a secret shorter than 16 characters, which can be guessed; use long "
+                "%s holds %s, which can be guessed (DLR_ENV=production refuses it); use long "
                 "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
                 name,
+                problem,
             )
         # Each worker process builds its app here, so these hold for every worker.
         redact.install(settings.secret_values)
@@ -182,7 +185,6 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ack_body = settings.callback_ack.encode("utf-8")
-    app.state.login_throttle = LoginThrottle()
     app.state.send_budget = SendBudget(settings.send_rate)
     install_error_handlers(app)
     app.include_router(ops.router)

@@ -206,3 +206,19 @@ async def database_gone(app: Any) -> AsyncIterator[None]:
         app.state.engine = live_engine
         app.state.sessionmaker.configure(bind=live_bind)
         await dead.dispose()
+
+
+def grown_by(work: Callable[[], None]) -> int:
+    """Bytes still held after `work` has run: what caches kept of what it did."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        work()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

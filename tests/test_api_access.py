@@ -103,7 +103,7 @@ async def test_metrics_need_a_key_unless_public(database_url: str) -> None:
 
 
 def test_metrics_are_public_in_development_and_private_in_production() -> None:
-    secrets = {"callback_tokens": ["t" * 20], "api_keys": ["k" * 20]}
+    secrets = {"callback_tokens": ["t" * 32], "api_keys": ["k" * 32]}
     assert load_settings(_env_file=None).metrics_open
     assert not load_settings(_env_file=None, env="production", **secrets).metrics_open
     opened = load_settings(_env_file=None, env="production", metrics_public="true", **secrets)

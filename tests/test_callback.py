@@ -11,15 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.ingest.parse import (
-    CallbackRejected,
-    mask_mobile,
-    normalize_mobile,
-    normalize_mobile_phonenumbers,
-    parse_callback,
-    parse_donetime,
-)
+from app.core.mobiles import mask_mobile, normalize_mobile, normalize_mobile_phonenumbers
+from app.ingest.parse import CallbackRejected, parse_callback, parse_donetime
 from tests.conftest import SEED_REPORT, report
+from tests.helpers import grown_by
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 NOW = dt.datetime(2026, 11, 26, 4, 0, tzinfo=dt.UTC)
@@ -171,6 +166,31 @@ def test_fast_mobile_path_agrees_with_phonenumbers(value: str) -> None:
 
 def test_mask_mobile() -> None:
     assert mask_mobile("+886912345678") == "0912***678"
+    assert mask_mobile("+886 0912-345-678") == "0912***678"
+    assert mask_mobile("12345") == "***"
+
+
+def test_an_over_long_mobile_is_a_field_error_not_a_cache_entry() -> None:
+    long = "+886 " + "0" * 40 + "912345678"
+    assert errors_of(report(mobile=long)) == {"mobile": "is longer than 32 characters"}
+
+
+def test_the_number_cache_keeps_no_long_keys() -> None:
+    def long_numbers() -> None:
+        for i in range(1500):
+            assert normalize_mobile(f"{i:05d}" + "1" * 20_000) is None
+
+    assert grown_by(long_numbers) < 2_000_000
+
+
+def test_the_donetime_cache_keeps_no_long_keys() -> None:
+    # The slash format allows any run of spaces between date and time.
+    def long_times() -> None:
+        for i in range(1500):
+            with pytest.raises(ValueError, match="longer than 40"):
+                parse_donetime("2003/05/22" + " " * (20_000 + i) + "13:48:50", TAIPEI, NOW)
+
+    assert grown_by(long_times) < 2_000_000
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CONTAINER_DIR = ROOT / "deploy" / "container"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-TOKEN = "container-test-token"
-API_KEY = "container-test-key"
+TOKEN = "container-test-token-0123456789"
+API_KEY = "container-test-key-0123456789"
 
 
 def buildah_env() -> dict[str, str]:

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.core.logging import REQUEST_ID, ConsoleFormatter, JsonFormatter, mask_numbers
+from app.core.logging import REQUEST_ID, ConsoleFormatter, JsonFormatter
+from app.core.mobiles import mask_numbers
 from tests.conftest import SEED_REPORT, LiveServer, report
 
 TOKEN = "tok-Observability_1"
@@ -214,7 +215,9 @@ async def test_access_log_can_be_turned_off(
         # Not mobile numbers: ids, times, hex request ids, durations.
         ("msgid 208217564 ID 123456", "msgid 208217564 ID 123456"),
         ("2003/05/22 13:48:50", "2003/05/22 13:48:50"),
-        ("ab0922161529cd 1209221615290", "ab0922161529cd 1209221615290"),
+        ("1209221615290 0922161529000", "1209221615290 0922161529000"),
+        # Letters do not hide a number (a number glued to a word is still one).
+        ("ab0922161529cd", "ab0922***529cd"),
         ("took 912.35ms", "took 912.35ms"),
     ],
 )
@@ -287,3 +290,53 @@ def test_real_server_writes_json_lines_for_uvicorn_and_us(
         "gw-42",
     )
     assert TOKEN not in server.output
+
+
+FORGED = "2031-01-02 03:04:05,678 INFO    mboxii_dlr.access [-] GET /v1/stats 200 1.00ms"
+
+
+@pytest.mark.parametrize("formatter", [ConsoleFormatter, JsonFormatter])
+async def test_a_request_cannot_forge_log_lines(
+    app_factory: Callable[..., Any], formatter: type[logging.Formatter]
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter())
+    logger = logging.getLogger("mboxii_dlr")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with app_factory() as (_, client):
+            for path in (
+                "/nope%0A" + FORGED,  # LF
+                "/nope%0D%0A" + FORGED,  # CR LF
+                "/nope%1B%5B2K%0D" + FORGED,  # ANSI: erase the line, back to its start
+                "/nope%C2%9B2K%C2%85" + FORGED,  # C1: CSI and NEL
+                "/nope%E2%80%A8" + FORGED,  # Unicode line separator
+            ):
+                assert (await client.get(path)).status_code == 404
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    output = stream.getvalue()
+    lines = output.split("\n")[:-1]
+    access = [line for line in lines if "/nope" in line]
+    assert len(access) == 5, output  # one line per request, nothing else
+    for line in lines:
+        assert not line.startswith("2031-01-02"), line
+        assert not any(c in line for c in "\r\x1b\x85\x9b\u2028\u2029"), repr(line)
+    assert "/nope\\n2031-01-02" in output
+
+
+def test_console_tracebacks_keep_their_lines_indented() -> None:
+    try:
+        raise ValueError("bad\n" + FORGED)
+    except ValueError:
+        record = logging.getLogger("t").makeRecord(
+            "t", logging.ERROR, __file__, 1, "failed", (), exc_info=__import__("sys").exc_info()
+        )
+    first, *rest = ConsoleFormatter().format(record).split("\n")
+    assert first.endswith("ERROR   t [-] failed")
+    assert rest and all(line.startswith("  ") for line in rest), rest
+    assert "  Traceback (most recent call last):" in rest

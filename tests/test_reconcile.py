@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -290,6 +291,28 @@ async def test_at_most_n_checks_at_once(database_url: str) -> None:
         result = await app.state.reconciler.run_once()
     assert result.checked == 6
     assert most == 2
+
+
+async def test_checks_are_spaced_evenly_at_the_rate(database_url: str) -> None:
+    asked_at: list[float] = []
+
+    def timed_check(fields: dict[str, str]) -> str:
+        asked_at.append(asyncio.get_running_loop().time())
+        return "MSGID=1\nWAIT=1"
+
+    # 20 a second: one every 50 ms, however many may run at once
+    async with service(database_url, reconcile_concurrency=5, reconcile_rate=20) as (
+        app,
+        client,
+        gateway,
+    ):
+        gateway.answers["CheckSMS"] = timed_check
+        for i in range(5):
+            await send(client, [f"09123457{i:02d}"])
+        await make_due(app)
+        assert (await app.state.reconciler.run_once()).checked == 5
+    gaps = [b - a for a, b in itertools.pairwise(asked_at)]
+    assert len(gaps) == 4 and min(gaps) > 0.04, gaps
 
 
 async def test_the_background_task_reconciles_on_its_own(database_url: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from app.db.models import Delivery, Rejected, Report
+from app.ingest.writer import Writer
 from tests.conftest import SEED_REPORT, report
 
 CB = "/callbacks/mboxii"
@@ -288,10 +289,10 @@ async def test_503_when_the_database_is_gone(app_factory: Any, database_url: str
             else "sqlite:////nonexistent-dir/x/y.db"
         )
         dead = create_engine(dead_url)
-        live_engine = app.state.engine
-        live_store = app.state.writer._store
-        app.state.writer._store = app.state.writer.store_for(dead)
-        app.state.engine = dead
+        live_engine, live_writer = app.state.engine, app.state.writer
+        dead_writer = Writer(dead, app.state.metrics, timeout=5)
+        dead_writer.start()
+        app.state.writer, app.state.engine = dead_writer, dead
         try:
             r = await client.post(CB, data=SEED_REPORT)
             assert r.status_code == 503
@@ -300,9 +301,8 @@ async def test_503_when_the_database_is_gone(app_factory: Any, database_url: str
             r = await client.post(CB, data=report(mobile="bad"))
             assert r.status_code == 503
         finally:
-            await app.state.writer._store.close()
-            app.state.writer._store = live_store
-            app.state.engine = live_engine
+            await dead_writer.stop()
+            app.state.writer, app.state.engine = live_writer, live_engine
             await dead.dispose()
         async with live_engine.connect() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM reports"))).scalar_one() == 0

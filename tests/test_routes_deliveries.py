@@ -18,8 +18,9 @@ from sqlalchemy import event
 
 from app.api.schemas import DeliveryRead
 from app.db.models import Delivery
+from app.ingest.fold import Arrival
 from app.ingest.parse import validate_fields
-from app.ingest.writer import Job, Writer
+from app.ingest.writer import open_store
 from tests.conftest import report
 from tests.helpers import database_gone
 
@@ -30,14 +31,10 @@ async def seed(app: Any, reports: Iterable[dict[str, str]]) -> None:
     """Store reports the way the writer does, all in one transaction (fast for thousands)."""
     zone = app.state.settings.zone
     now = dt.datetime.now(dt.UTC)
-    loop = asyncio.get_running_loop()
-    jobs = [
-        Job(validate_fields(fields, zone, now), now, "callback", loop.create_future())
-        for fields in reports
-    ]
-    store = Writer.store_for(app.state.engine)
+    arrivals = [Arrival(validate_fields(fields, zone, now), now) for fields in reports]
+    store = open_store(app.state.engine)
     try:
-        await store.store(jobs)
+        await store.store(arrivals)
     finally:
         await store.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
 import re
 import select
@@ -24,6 +25,7 @@ from tests.conftest import ROOT, SEED_REPORT, LiveServer, make_settings, report
 from tests.helpers import (
     async_table_counts,
     build_request,
+    grown_by,
     parse_response,
     raw_request,
     read_until_closed,
@@ -324,11 +326,12 @@ def test_production_refuses_to_start_without_secrets(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_production_starts_with_secrets(live_server: Callable[..., LiveServer]) -> None:
-    server = live_server(DLR_ENV="production", DLR_CALLBACK_TOKENS="tok", DLR_API_KEYS="key")
-    assert httpx.post(server.url + CB + "/tok", data=SEED_REPORT).status_code == 200
+    token, key = "production-token-" + "t" * 16, "production-key-" + "k" * 16
+    server = live_server(DLR_ENV="production", DLR_CALLBACK_TOKENS=token, DLR_API_KEYS=key)
+    assert httpx.post(server.url + CB + "/" + token, data=SEED_REPORT).status_code == 200
     assert httpx.post(server.url + CB, data=SEED_REPORT).status_code == 404
     assert httpx.get(server.url + "/v1/deliveries/208217564").status_code == 401
-    r = httpx.get(server.url + "/v1/deliveries/208217564", headers={"x-api-key": "key"})
+    r = httpx.get(server.url + "/v1/deliveries/208217564", headers={"x-api-key": key})
     assert r.status_code == 200
 
 
@@ -453,9 +456,179 @@ async def test_short_secrets_are_warned_about_without_being_shown(
     app_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("WARNING", logger="mboxii_dlr"):
-        async with app_factory(api_keys=["k" * 32, "letmein"], callback_tokens=["t" * 20]):
+        async with app_factory(api_keys=["k" * 32, "letmein"], callback_tokens=["t" * 30]):
             pass
-    warnings = [r.getMessage() for r in caplog.records if "shorter than 16" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "shorter than 24" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "DLR_API_KEYS" in warnings[0]
     assert "letmein" not in caplog.text
+
+
+# ---------------------------------------------------------------- settings in production
+
+STRONG = "s" * 8 + "-strong-secret-0123456789"
+PRODUCTION = {"env": "production", "callback_tokens": STRONG + "t", "api_keys": STRONG + "k"}
+
+
+def production_settings(**overrides: Any) -> Any:
+    from app.core.settings import load_settings
+
+    return load_settings(_env_file=None, **{**PRODUCTION, **overrides})
+
+
+def refusal(**overrides: Any) -> str:
+    from app.core.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        production_settings(**overrides)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"callback_tokens": STRONG + "t,short-token"}, "DLR_CALLBACK_TOKENS"),
+        ({"api_keys": "k" * 23}, "DLR_API_KEYS"),
+        ({"cursor_secret": "cursor-secret-22-chars"}, "DLR_CURSOR_SECRET"),
+        ({"api_keys": "changeme"}, "DLR_API_KEYS"),
+        ({"cursor_secret": "CHANGEME-but-long-enough-to-pass"}, "DLR_CURSOR_SECRET"),
+        (
+            {
+                "mboxii_cid": "acct",
+                "mboxii_cpw": "replace-me",
+                "public_url": "https://x.example",
+                "send_api_keys": STRONG + "s",
+            },
+            "DLR_MBOXII_CPW",
+        ),
+    ],
+)
+def test_production_refuses_short_and_placeholder_secrets_naming_them(
+    overrides: dict[str, Any], variable: str
+) -> None:
+    message = refusal(**overrides)
+    assert variable in message and "production" in message
+    for value in overrides.values():  # named, never shown
+        for part in str(value).split(","):
+            if part not in (STRONG + "t", STRONG + "s", "acct", "https://x.example"):
+                assert part not in message
+    # outside production the same values only draw a warning at start
+    production_settings(**overrides, env="development")
+
+
+def example_secrets() -> dict[str, str]:
+    """Every DLR_* value of the deployment examples that production must refuse."""
+    found: dict[str, str] = {}
+    env_lines = (ROOT / "deploy" / "example.env").read_text().splitlines()
+    yaml_lines = (ROOT / "deploy" / "kubernetes" / "secret.example.yaml").read_text().splitlines()
+    for line in env_lines:
+        name, _, value = line.partition("=")
+        if name.startswith("DLR_") and value:
+            found[f"example.env {name}"] = value
+    for line in yaml_lines:
+        name, _, value = line.strip().partition(": ")
+        if name.startswith("DLR_"):
+            found[f"secret.example.yaml {name}"] = value
+    return found
+
+
+@pytest.mark.parametrize(("where", "value"), sorted(example_secrets().items()))
+def test_production_refuses_every_placeholder_of_the_examples(where: str, value: str) -> None:
+    name = where.split()[-1]
+    field = name.removeprefix("DLR_").lower()
+    message = refusal(**{field: value})
+    assert name in message, message
+    assert value not in message
+
+
+@pytest.mark.parametrize(
+    "proxies", ["0.0.0.0/0", "::/0", "10.0.0.0/8, 0.0.0.0/0", "2000::/3", "::/1"]
+)
+def test_production_refuses_trusted_proxies_that_hold_every_address(proxies: str) -> None:
+    message = refusal(trusted_proxies=proxies)
+    assert "DLR_TRUSTED_PROXIES" in message and "X-Forwarded-For" in message
+    production_settings(trusted_proxies=proxies, env="development")
+
+
+def test_production_starts_with_long_secrets_and_narrow_proxies() -> None:
+    settings = production_settings(
+        trusted_proxies="10.0.0.0/8,fd00::/8", cursor_secret=STRONG + "c"
+    )
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "fd00::/8"]
+
+
+def test_no_secret_in_the_settings_repr_or_str() -> None:
+    from app.core.settings import Settings
+
+    secrets = {
+        "callback_tokens": ["callback-token-aaaaaaaaaaaaaaaa", "callback-token-bbbbbbbbbbbbbbb"],
+        "api_keys": ["api-key-cccccccccccccccccccccccc"],
+        "send_api_keys": ["send-key-gggggggggggggggggggggg"],
+        "cursor_secret": "cursor-secret-dddddddddddddddd",
+        "mboxii_cpw": "gateway-password-eeeeeeeeeeeee",
+    }
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url="postgresql://dlr:db-password-fffffffffff@db.example:5432/dlr",
+        mboxii_cid="acct",
+        public_url="https://dlr.example.com",
+        **secrets,
+    )
+    shown = repr(settings) + str(settings) + repr(settings.api_keys) + f"{settings}"
+    values = [*secrets["callback_tokens"], *secrets["api_keys"], "db-password-fffffffffff"]
+    values += secrets["send_api_keys"]
+    values += [secrets["cursor_secret"], secrets["mboxii_cpw"]]
+    assert [v for v in values if v in shown] == []
+    assert "db.example:5432/dlr" in shown  # where the database is stays visible
+    assert set(settings.secret_values) == set(values)
+
+
+def test_networks_are_checked_as_networks() -> None:
+    from app.core.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(_env_file=None, callback_networks="203.0.113.0/24, 10.0.0.300/8")
+    assert "DLR_CALLBACK_NETWORKS" in str(refused.value)
+    assert "10.0.0.300/8" in str(refused.value)
+
+
+# ---------------------------------------------------------------- bounded caches
+
+
+def test_long_caller_addresses_are_not_cached() -> None:
+    from app.web.security import client_address
+
+    def forwarded() -> None:
+        for i in range(1500):
+            hop = f"{i:06d}" + "9" * 20_000  # not an address, and never remembered
+            client_address("10.0.0.1", hop, [ipaddress.ip_network("10.0.0.0/8")])
+
+    assert grown_by(forwarded) < 2_000_000
+
+
+async def test_over_long_numbers_are_refused_with_a_field_error(app_factory: Any) -> None:
+    long_number = "+886 " + "0" * 40 + "912345678"
+    async with app_factory() as (_, client):
+        r = await client.post(CB, data=report(mobile=long_number))
+        assert r.status_code == 422
+        assert {"field": "mobile", "message": "is longer than 32 characters"} in r.json()["errors"]
+        r = await client.get("/v1/deliveries", params={"mobile": long_number})
+        assert r.status_code == 422
+        assert r.json()["errors"] == [
+            {"field": "mobile", "message": "is longer than 32 characters"}
+        ]
+
+
+async def test_over_long_numbers_to_send_are_refused(database_url: str) -> None:
+    from tests.fake_gateway import service
+
+    long_number = "0" * 33 + "912345678"
+    async with service(database_url) as (_, client, gateway):
+        r = await client.post(
+            "/v1/messages", json={"numbers": ["0912345678", long_number], "text": "hi"}
+        )
+        assert r.status_code == 422
+        assert r.json()["errors"] == [
+            {"field": "numbers.1", "message": "is longer than 32 characters"}
+        ]
+    assert gateway.requests == []

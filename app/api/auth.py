@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Request, Security
 from fastapi.routing import iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.errors import Forbidden, Unauthorized
+from app.core.errors import ApiError, Forbidden, TooManyRequests, Unauthorized, Unavailable
 from app.core.settings import Settings
+from app.db.throttle import KeyThrottle
 from app.web.answers import refuse
-from app.web.security import key_id, matches_secret
+from app.web.security import caller_address, client_key, key_id, matches_secret
 
 Access = Literal["read", "send"]
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mboxii-dlr"'}
@@ -59,6 +61,31 @@ def check_key(settings: Settings, key: str | None, needed: Access) -> str | None
     return key_id(key)
 
 
+async def authorize(
+    scope: Scope, settings: Settings, throttle: KeyThrottle | None, needed: Access
+) -> str | None:
+    """check_key, with refused keys counted against the caller (app.db.throttle, shared
+    with the dashboard's login form): a locked caller gets 429 whatever key it sends. A
+    request without a key costs no look at the throttle."""
+    if not settings.read_keys:
+        return None
+    key = presented_key(dict(scope["headers"]))
+    if not key or throttle is None:  # guesses nothing: answered without the throttle
+        return check_key(settings, key, needed)
+    client = client_key(caller_address(scope, settings.trusted_proxies))
+    wait = await throttle.retry_after(client)
+    if wait is not None:
+        raise TooManyRequests(
+            "too many refused API keys from this address; try again later",
+            headers={"Retry-After": str(wait)},
+        )
+    try:
+        return check_key(settings, key, needed)
+    except Unauthorized:
+        await throttle.failed(client, "api")
+        raise
+
+
 def name_route(scope: Scope) -> None:
     """Put the route the request would have reached in the scope, so that metrics and the
     access log name a refused request by its template, never by its path (which holds ids)."""
@@ -71,9 +98,10 @@ def name_route(scope: Scope) -> None:
 
 
 class ApiKeyMiddleware:
-    """Refuses a /v1 request without a valid key (401) or sending with a read-only key (403)
-    before the application reads its body, so a malformed body says nothing to a stranger.
-    The key's public name goes to `scope["state"]["api_key"]` for the send budget."""
+    """Refuses a /v1 request without a valid key (401), from a locked caller (429) or sending
+    with a read-only key (403) before the application reads its body, so a malformed body
+    says nothing to a stranger. The key's public name goes to `scope["state"]["api_key"]`
+    for the send budget."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -85,23 +113,36 @@ class ApiKeyMiddleware:
             return
         needed = needed_scope(scope["method"], scope["path"], self.settings)
         if needed is not None:
-            headers = dict(scope["headers"])
+            state: Any = getattr(scope.get("app"), "state", None)
             try:
-                name = check_key(self.settings, presented_key(headers), needed)
-            except (Unauthorized, Forbidden) as exc:
-                name_route(scope)
-                extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
-                await refuse(
-                    send,
-                    receive,
-                    status=exc.status_code,
-                    payload=exc.body(),
-                    request_headers=headers,
-                    headers=extra,
+                name = await authorize(
+                    scope, self.settings, getattr(state, "key_throttle", None), needed
                 )
+            except ApiError as exc:
+                await self._refuse(scope, receive, send, exc)
+                return
+            except (SQLAlchemyError, OSError, TimeoutError):
+                # The throttle's database is away: the exception handlers lie inside this
+                # middleware, so answer as they would.
+                retry = {"Retry-After": str(self.settings.retry_after_seconds)}
+                unavailable = Unavailable("the database is unreachable; retry later", retry)
+                await self._refuse(scope, receive, send, unavailable)
                 return
             scope.setdefault("state", {})["api_key"] = name
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: ApiError) -> None:
+        name_route(scope)
+        extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+        await refuse(
+            send,
+            receive,
+            status=exc.status_code,
+            payload=exc.body(),
+            request_headers=dict(scope["headers"]),
+            headers=extra,
+        )
 
 
 ApiKeyDoc = Annotated[str | None, Security(API_KEY_HEADER)]

@@ -12,7 +12,7 @@ from app.api.params import (
     IDENTIFIER_PATTERN,
     INSTANT_DESCRIPTION,
     INSTANT_PATTERN,
-    MOBILE_PATTERN,
+    MOBILE_SCHEMA,
     STATUS_PATTERN,
     check_cursor,
     check_identifier,
@@ -47,7 +47,7 @@ MobileQuery = Annotated[
         "(`0912345678`, `+886912345678`, `886912345678`, `912345678`, with spaces, dots or "
         "dashes)",
         examples=["0922161529"],
-        json_schema_extra=pattern(MOBILE_PATTERN),
+        json_schema_extra=dict(MOBILE_SCHEMA),
     ),
 ]
 

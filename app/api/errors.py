@@ -98,14 +98,17 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error statuses."""
     from app.api.schemas import ErrorRead, ValidationErrorRead
 
+    if 401 in statuses:  # the key check and its throttle go together
+        statuses = (*statuses, 429)
     text = {
         400: "The body is not JSON (`malformed_body`)",
         401: "Missing or wrong API key",
         403: "The key may read but not send or cancel (`forbidden`)",
+        429: "Too many refused API keys from this address or, for a send, over the key's "
+        "budget of messages a minute (`DLR_SEND_RATE`): wait `Retry-After` seconds",
         404: "Not found",
         409: "Several deliveries share this msgid; pass `mobile`",
         422: "Invalid parameters",
-        429: "Over the key's budget of messages a minute (`DLR_SEND_RATE`); see `Retry-After`",
         502: "The gateway refused (`gateway_error` with its `code`, `meaning` and `interface`), "
         "was unreachable, or answered something unreadable",
         503: "The database is unreachable",

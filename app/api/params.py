@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from fastapi import Request
 
+from app.core import mobiles
 from app.core.errors import InvalidParameters
-from app.gateway.rules import MOBILE_PATTERN as MOBILE_PATTERN
-from app.gateway.rules import mobile_from_input
+from app.core.mobiles import INPUT_PATTERN as MOBILE_PATTERN
 
 # Patterns use explicit character classes (never \d, \s or \w) so that the OpenAPI
 # document's readers (ECMA-262, Rust and Python engines) all agree with the server.
@@ -39,9 +39,10 @@ IDENTIFIER_PATTERN = r"^[^\x00-\x20\x7f-\x9f]{1,64}$"
 STATUS_PATTERN = r"^[A-Za-z0-9_]{1,16}$"
 #: A cursor this service issued: a signature and a position, base64url.
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{22,1024}$"
+#: The schema of a mobile number parameter, as checked.
+MOBILE_SCHEMA = {"pattern": MOBILE_PATTERN, "maxLength": mobiles.MAX_LENGTH}
 
 _INSTANT_RE = re.compile(INSTANT_PATTERN)
-_MOBILE_RE = re.compile(MOBILE_PATTERN)
 _IDENTIFIER_RE = re.compile(IDENTIFIER_PATTERN)
 _STATUS_RE = re.compile(STATUS_PATTERN)
 _CURSOR_RE = re.compile(CURSOR_PATTERN)
@@ -97,7 +98,9 @@ def parse_mobile(value: str | None, field: str = "mobile") -> str | None:
     """A number in any accepted form as E.164 (422 when it is not a Taiwan mobile)."""
     if value is None:
         return None
-    mobile = mobile_from_input(value) if _MOBILE_RE.fullmatch(value) else None
+    if len(value) > mobiles.MAX_LENGTH:
+        raise invalid(field, mobiles.TOO_LONG)
+    mobile = mobiles.from_input(value)
     if mobile is None:
         raise invalid(field, "not a Taiwan mobile number (e.g. 0912345678 or +886912345678)")
     return mobile

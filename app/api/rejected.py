@@ -14,8 +14,8 @@ from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, Validation
 from app.core.errors import InvalidCallback, NotFound, Unavailable
 from app.db.engine import MAX_ROW_ID, SessionDep
 from app.db.models import Delivery, Rejected
+from app.ingest.errors import IngestUnavailable
 from app.ingest.quarantine import list_rejected, replay
-from app.ingest.writer import IngestUnavailable
 from app.read.cursors import cursor_key, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1", tags=["quarantine"])

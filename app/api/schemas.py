@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.config import JsonDict
 
-from app.api.params import INSTANT_PATTERN
-from app.gateway.rules import MAX_NUMBERS, MOBILE_PATTERN, TEXT_PATTERN
+from app.api.params import INSTANT_PATTERN, MOBILE_SCHEMA
+from app.gateway.rules import MAX_NUMBERS, TEXT_PATTERN
 
 Outcome = Literal["delivered", "failed", "pending"]
 MessageType = Literal["now", "scheduled"]
@@ -327,7 +327,7 @@ class MessageCreate(BaseModel):
         },
     )
 
-    numbers: list[Annotated[str, Field(json_schema_extra={"pattern": MOBILE_PATTERN})]] = Field(
+    numbers: list[Annotated[str, Field(json_schema_extra=dict(MOBILE_SCHEMA))]] = Field(
         description="1-80 Taiwan mobile numbers in any accepted form (`0912345678`, "
         "`+886912345678`, `886912345678`, `912345678`, with spaces, dots or dashes), "
         "each number at most once whatever its spelling",

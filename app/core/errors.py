@@ -62,17 +62,11 @@ class Forbidden(ApiError):
 
 
 class TooManyRequests(ApiError):
-    """Over a budget; `Retry-After` says when to try again."""
+    """Too many refused API keys from one client, or a send over its key's budget;
+    `Retry-After` says how long to wait."""
 
     status_code = 429
     code = "too_many_requests"
-
-
-class MalformedBody(ApiError):
-    """A body that cannot be read as JSON at all (not UTF-8, for instance)."""
-
-    status_code = 400
-    code = "malformed_body"
 
 
 class Unavailable(ApiError):

@@ -10,17 +10,12 @@ import re
 from contextvars import ContextVar
 from typing import Any
 
+from app.core.mobiles import mask_numbers
 from app.core.redact import redact
 
 # Set by the request middleware for the time of one request; log lines written meanwhile
 # (in the same task) carry it.
 REQUEST_ID: ContextVar[str | None] = ContextVar("mboxii_dlr_request_id", default=None)
-
-# A Taiwan mobile number in any spelling the callback accepts (0912345678, +886912345678,
-# 886912345678, 912345678, +886 0912-345-678), standing alone, not inside a longer word.
-_MOBILE_RE = re.compile(
-    r"(?<![0-9A-Za-z_])(?:\+?886[ .-]?0?|0)?9[0-9]{2}[ .-]?[0-9]{3}[ .-]?[0-9]{3}(?![0-9A-Za-z_])"
-)
 
 # What every LogRecord has (and uvicorn's ANSI-coloured copy of its message); anything
 # else on a record came in through `extra=`.
@@ -33,14 +28,31 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
 }
 
 
-def _mask(match: re.Match[str]) -> str:
-    national = "0" + re.sub(r"[^0-9]", "", match.group())[-9:]
-    return f"{national[:4]}***{national[-3:]}"
+# Control characters (C0, DEL, C1, which also start ANSI escape sequences) and the Unicode
+# line separators: written as escapes, so no logged value can start a line of its own, move
+# the cursor or colour a terminal.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# The same characters as JSON escapes: json.dumps leaves DEL, C1 and the separators raw.
+_JSON_RAW_RE = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
-def mask_numbers(text: str) -> str:
-    """Replace every mobile number in `text` by its masked form, `0912***678`."""
-    return _MOBILE_RE.sub(_mask, text)
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
+    )
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape (`\\n`, `\\x1b`)."""
+    return _CONTROL_RE.sub(_escape, text)
+
+
+def _indent_block(text: str) -> str:
+    # A traceback keeps its lines, each indented: no line of it (nor of an exception message
+    # inside it) can pass for a record of its own.
+    return "\n".join("  " + escape_controls(line) for line in text.split("\n"))
 
 
 def _request_id(record: logging.LogRecord) -> str | None:
@@ -74,27 +86,41 @@ class JsonFormatter(logging.Formatter):
             line["stack"] = self.formatStack(record.stack_info)
         # Masking the finished line covers the message, the extras and the traceback alike;
         # JSON leaves digits, '+', ' ', '.' and '-' unescaped, so the pattern sees them.
-        # Secrets are removed from each value first, before JSON could escape them.
+        # Secrets are removed from each value first, before JSON could escape them. JSON
+        # escapes C0 controls itself; DEL, C1 and the line separators are escaped here.
         line = {k: redact(v) if isinstance(v, str) else v for k, v in line.items()}
-        return mask_numbers(redact(json.dumps(line, default=str, ensure_ascii=False)))
+        text = mask_numbers(redact(json.dumps(line, default=str, ensure_ascii=False)))
+        return _JSON_RAW_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class ConsoleFormatter(logging.Formatter):
-    """Human-readable lines for local use: time, level, logger, [request id], message."""
+    """Human-readable lines for local use: time, level, logger, [request id], message.
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+    Every value is written with its control characters escaped, so a request for
+    `/x%0A2026-11-30 12:00:00,000 INFO ...` cannot write a line that looks like a record;
+    a traceback follows on lines of its own, indented."""
 
     def format(self, record: logging.LogRecord) -> str:
-        # Set for this format only: another handler may format the same record after us.
-        given = "request_id" in record.__dict__
-        if not given:
-            record.request_id = REQUEST_ID.get() or "-"
-        try:
-            return mask_numbers(redact(super().format(record)))
-        finally:
-            if not given:
-                del record.__dict__["request_id"]
+        request_id = record.__dict__.get("request_id") or REQUEST_ID.get() or "-"
+        fields = (record.levelname, record.name, str(request_id), record.getMessage())
+        level, name, request_id, message = (_clean(value) for value in fields)
+        text = f"{self.formatTime(record)} {level:<7} {name} [{request_id}] {message}"
+        blocks = []
+        if record.exc_info:
+            blocks.append(self.formatException(record.exc_info))
+        elif record.exc_text:  # already formatted (and redacted: app.core.redact)
+            blocks.append(record.exc_text)
+        if record.stack_info:
+            blocks.append(self.formatStack(record.stack_info))
+        for block in blocks:
+            text += "\n" + _indent_block(_clean(block, escape=False))
+        return text
+
+
+def _clean(value: str, escape: bool = True) -> str:
+    # Masked before escaping: an escape such as \t in front of a number must not hide it.
+    value = mask_numbers(redact(value))
+    return escape_controls(value) if escape else value
 
 
 def logging_config(level: str = "info", fmt: str = "console") -> dict[str, Any]:

@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from app.core.mobiles import mask_numbers
 from app.core.paths import PREFIX as CALLBACK_PREFIX
 
 MASK = "***"
@@ -21,16 +22,6 @@ _URL_SAFE = "A-Za-z0-9._~-"
 _CALLBACK_TOKEN_RE = re.compile(
     re.escape(CALLBACK_PREFIX) + r"/(?!\{token\}(?![^/\s?#\"'<>]))[^/\s?#\"'<>]+"
 )
-# A Taiwan mobile number in any spelling the gateway uses (0912345678, +886912345678,
-# 886912345678, 912345678, +886 0912345678, with spaces, dashes or dots), not inside a longer
-# run of digits.
-_MOBILE_RE = re.compile(r"(?<![\d])(?:\+?886[ .\-]?0?|0)?9(?:[ .\-]?\d){8}(?![\d])")
-
-
-def mask_number(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    national = "0" + digits[-9:]
-    return f"{national[:4]}***{national[-3:]}"
 
 
 class Redactor:
@@ -56,7 +47,7 @@ class Redactor:
         text = _CALLBACK_TOKEN_RE.sub(CALLBACK_PREFIX + "/" + MASK, text)
         if self._secret_re is not None:
             text = self._secret_re.sub(MASK, text)
-        return _MOBILE_RE.sub(mask_number, text)
+        return mask_numbers(text)
 
 
 _redactor = Redactor()

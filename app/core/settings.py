@@ -7,19 +7,37 @@ import ipaddress
 import math
 import re
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 CommaList = Annotated[list[str], NoDecode]
-NetworkList = Annotated[list[IPNetwork], NoDecode]
+SecretList = Annotated[list[SecretStr], NoDecode]
+NetworkList = Annotated[list[IPvAnyNetwork], NoDecode]
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]+")
-# Tokens and keys shorter than this are warned about at start (they can be guessed).
-SHORT_SECRET = 16
+# Keys, tokens and secrets shorter than this can be guessed: production refuses them, a
+# development setup is warned about them at start.
+MIN_SECRET_LENGTH = 24
+# The stand-ins of the deployment examples (deploy/example.env,
+# deploy/kubernetes/secret.example.yaml) and the usual ones people type: production refuses a
+# secret that is one of them, whatever its length. tests/test_security.py checks that every
+# example value is caught.
+PLACEHOLDER_PREFIXES = ("replace-me", "replace-with", "changeme", "change-me", "your-")
+PLACEHOLDERS = frozenset(
+    {"secret", "password", "changeit", "example", "demo", "demo-key", "test", "token", "key"}
+)
+GENERATE_HINT = "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 DEFAULT_DATABASE_URL = "sqlite:///./data/mboxii-dlr.db"
 DEFAULT_MBOXII_BASE_URL = "http://op.mboxii.com/api/"
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -67,22 +85,22 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     database_url: str = DEFAULT_DATABASE_URL
 
-    callback_tokens: CommaList = Field(default_factory=list)
+    callback_tokens: SecretList = Field(default_factory=list)
     callback_ack: str = "OK"
     callback_networks: NetworkList = Field(default_factory=list)
     trusted_proxies: NetworkList = Field(default_factory=list)
     gateway_timezone: str = "Asia/Taipei"
     max_body_bytes: int = Field(default=16384, ge=64, le=10 * 1024 * 1024)
 
-    api_keys: CommaList = Field(default_factory=list)
+    api_keys: SecretList = Field(default_factory=list)
     # Keys that may also send and cancel SMS (POST/DELETE /v1/messages); they read too.
-    send_api_keys: CommaList = Field(default_factory=list)
+    send_api_keys: SecretList = Field(default_factory=list)
     # Messages (one per number) each key may hand to the gateway per minute.
     send_rate: int = Field(default=60, ge=1, le=100_000)
     # /metrics without a key; unset: open in development, behind the API keys in production.
     metrics_public: bool | None = None
     cors_origins: CommaList = Field(default_factory=list)
-    cursor_secret: str = ""
+    cursor_secret: SecretStr = SecretStr("")
 
     ingest_batch_size: int = Field(default=500, ge=1, le=10000)
     ingest_batch_delay_ms: float = Field(default=0.5, ge=0, le=1000)
@@ -141,13 +159,7 @@ class Settings(BaseSettings):
     @field_validator("callback_networks", "trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
-        parts = _split_commas(value)
-        if isinstance(parts, list):
-            try:
-                return [ipaddress.ip_network(p, strict=False) for p in parts]
-            except ValueError as exc:
-                raise ValueError(f"not a CIDR network list: {exc}") from None
-        return parts
+        return _split_commas(value)
 
     @field_validator(
         "reconcile_after",
@@ -194,9 +206,9 @@ class Settings(BaseSettings):
 
     @field_validator("callback_tokens")
     @classmethod
-    def _check_tokens(cls, value: list[str]) -> list[str]:
+    def _check_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
         for token in value:
-            if not _TOKEN_RE.fullmatch(token):
+            if not _TOKEN_RE.fullmatch(token.get_secret_value()):
                 raise ValueError("callback tokens may use only letters, digits, '-', '_', '.', '~'")
         return value
 
@@ -232,22 +244,42 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
-        if self.env == "production":
-            missing = [
-                name
-                for name, value in (
-                    ("DLR_CALLBACK_TOKENS", self.callback_tokens),
-                    ("DLR_API_KEYS", self.read_keys),
-                )
-                if not value
-            ]
-            if missing:
-                raise ValueError(
-                    "DLR_ENV=production refuses to start without "
-                    + " and ".join(missing)
-                    + ": set them to long random secrets (for example "
-                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-                )
+        if self.env != "production":
+            return self
+        missing = [
+            name
+            for name, value in (
+                ("DLR_CALLBACK_TOKENS", self.callback_tokens),
+                ("DLR_API_KEYS", self.read_keys),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(
+                "DLR_ENV=production refuses to start without "
+                + " and ".join(missing)
+                + f": set them to long random secrets (for example {GENERATE_HINT})"
+            )
+        problems = [
+            f"{name} holds {problem}" for name, problem in self.weak_secrets(MIN_SECRET_LENGTH)
+        ]
+        password = _database_password(self.database_url)
+        if password is not None and is_placeholder(password):
+            problems.append("DLR_DATABASE_URL holds a placeholder password")
+        if problems:
+            raise ValueError(
+                "DLR_ENV=production refuses weak secrets: "
+                + "; ".join(problems)
+                + f". Generate each one with {GENERATE_HINT}"
+            )
+        everyone = [str(net) for net in self.trusted_proxies if covers_everything(net)]
+        if everyone:
+            raise ValueError(
+                f"DLR_ENV=production refuses DLR_TRUSTED_PROXIES={','.join(everyone)}: a "
+                "network holding every address lets any client write its own address in "
+                "X-Forwarded-For (and so pass DLR_CALLBACK_NETWORKS and every login "
+                "throttle); list only your proxies' networks"
+            )
         return self
 
     @model_validator(mode="after")
@@ -266,7 +298,7 @@ class Settings(BaseSettings):
                 "a configured MboxII account (DLR_MBOXII_CID) refuses to start without "
                 "DLR_SEND_API_KEYS, the keys allowed to send SMS on your account through "
                 "POST /v1/messages. Set it to a long random secret (for example "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                f"{GENERATE_HINT})"
             )
         if not self.public_url:
             raise ValueError(
@@ -286,10 +318,12 @@ class Settings(BaseSettings):
         """The `Value` URL given to the gateway: our public URL, the callback path and the
         first token (the bare path when no token is set)."""
         base = self.public_url.rstrip("/") + "/callbacks/mboxii"
-        return f"{base}/{self.callback_tokens[0]}" if self.callback_tokens else base
+        if not self.callback_tokens:
+            return base
+        return f"{base}/{self.callback_tokens[0].get_secret_value()}"
 
     @property
-    def read_keys(self) -> list[str]:
+    def read_keys(self) -> list[SecretStr]:
         """Every key that may read /v1 (and log in to the dashboard): read and send keys.
         When there is none, /v1 is open."""
         return [*self.api_keys, *self.send_api_keys]
@@ -305,29 +339,78 @@ class Settings(BaseSettings):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.gateway_timezone)
 
-    @property
-    def short_secrets(self) -> list[str]:
-        """The settings holding a token or key short enough to guess (under 16 characters)."""
+    def secret_settings(self) -> list[tuple[str, list[str]]]:
+        """Every secret setting by variable name, with its values in clear."""
         return [
-            name
-            for name, values in (
-                ("DLR_CALLBACK_TOKENS", self.callback_tokens),
-                ("DLR_API_KEYS", self.api_keys),
-                ("DLR_SEND_API_KEYS", self.send_api_keys),
-            )
-            if any(len(value) < SHORT_SECRET for value in values)
+            ("DLR_CALLBACK_TOKENS", [t.get_secret_value() for t in self.callback_tokens]),
+            ("DLR_API_KEYS", [k.get_secret_value() for k in self.api_keys]),
+            ("DLR_SEND_API_KEYS", [k.get_secret_value() for k in self.send_api_keys]),
+            ("DLR_CURSOR_SECRET", [self.cursor_secret.get_secret_value()]),
+            ("DLR_MBOXII_CPW", [self.mboxii_cpw.get_secret_value()]),
         ]
+
+    def weak_secrets(self, min_length: int = MIN_SECRET_LENGTH) -> list[tuple[str, str]]:
+        """(variable, what is wrong) for each secret setting holding a value shorter than
+        `min_length` or a placeholder; never the value itself. Unset secrets are not weak.
+
+        The gateway password is chosen by MboxII, not by us: only placeholders count."""
+        found = []
+        for name, values in self.secret_settings():
+            values = [v for v in values if v]
+            if any(is_placeholder(v) for v in values):
+                found.append((name, "a placeholder value"))
+            elif name != "DLR_MBOXII_CPW" and any(len(v) < min_length for v in values):
+                found.append((name, f"a value shorter than {min_length} characters"))
+        return found
 
     @property
     def secret_values(self) -> list[str]:
         """Every secret of the configuration, which no log line may show."""
-        return [
-            *self.callback_tokens,
-            *self.api_keys,
-            *self.send_api_keys,
-            self.mboxii_cpw.get_secret_value(),
-            self.cursor_secret,
-        ]
+        values = [v for _, group in self.secret_settings() for v in group if v]
+        password = _database_password(self.database_url)
+        return [*values, password] if password else values
+
+    def __repr_args__(self) -> Any:
+        # The database URL is shown (it says where the data is), its password is not.
+        for name, value in super().__repr_args__():
+            if name == "database_url" and isinstance(value, str):
+                value = _hide_password(value)
+            yield name, value
+
+
+def is_placeholder(value: str) -> bool:
+    """True for the stand-in values of the examples (`replace-me...`, `changeme`, ...)."""
+    lowered = value.strip().lower()
+    return lowered in PLACEHOLDERS or lowered.startswith(PLACEHOLDER_PREFIXES)
+
+
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+
+
+def covers_everything(network: IPNetwork) -> bool:
+    """True for a network holding every address of its family (0.0.0.0/0, ::/0), or, for
+    IPv6, every global unicast address (2000::/3): every client on the internet."""
+    if network.prefixlen == 0:
+        return True
+    return isinstance(network, ipaddress.IPv6Network) and network.supernet_of(_GLOBAL_UNICAST)
+
+
+def _database_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:  # the validator has refused such a URL already
+        return None
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "***"
 
 
 class SettingsError(Exception):
@@ -340,6 +423,8 @@ def describe_errors(exc: ValidationError) -> str:
         loc = [str(part) for part in err["loc"]]
         name = "DLR_" + loc[0].upper() if loc else "settings"
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"].startswith("ip_"):  # an address is no secret: say which one
+            message += f" (got {err['input']!r}; a CIDR such as 10.0.0.0/8 with no host bits)"
         lines.append(f"{name}: {message}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 

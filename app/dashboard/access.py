@@ -26,9 +26,10 @@ from app.dashboard.sessions import (
     matching_key,
     same_origin,
 )
-from app.dashboard.throttle import LoginThrottle
 from app.dashboard.views import static_files
-from app.web.security import caller_address
+from app.db.revoked import revoke
+from app.db.throttle import KeyThrottle
+from app.web.security import caller_address, client_key
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 
@@ -66,7 +67,7 @@ def safe_next(target: object) -> str:
 async def show_login(request: Request, next: str = "/dashboard") -> Response:
     """Show the login form (or go on when no key is needed or the session is valid)."""
     settings = settings_of(request)
-    if not settings.read_keys or current_session(request) is not None:
+    if not settings.read_keys or await current_session(request) is not None:
         return redirect(safe_next(next))
     return page(request, "login.html", {"next": safe_next(next), "failed": False})
 
@@ -81,23 +82,27 @@ async def log_in(request: Request) -> Response:
         return redirect(target)
     if not same_origin(request):
         raise PageError(403, "Form refused", "This login form was sent from another site.")
-    throttle: LoginThrottle = request.app.state.login_throttle
-    address = caller_address(request.scope, settings.trusted_proxies)
-    wait = throttle.retry_after(address)
+    throttle: KeyThrottle = request.app.state.key_throttle
+    client = client_key(caller_address(request.scope, settings.trusted_proxies))
+    # Checked before the key, so that a locked client learns nothing of its guesses.
+    wait, everyone = await throttle.retry_after(client), False
+    if wait is None:
+        wait = await throttle.logins_retry_after()
+        everyone = wait is not None
     if wait is not None:
-        log.warning("dashboard: login refused from %s (too many failed logins)", address)
-        locked = page(
-            request, "login.html", {"next": target, "failed": False, "wait": wait}, status=429
-        )
+        reason = "from all addresses together" if everyone else "from this address"
+        log.warning("dashboard: login refused from %s (too many failed logins %s)", client, reason)
+        context = {"next": target, "failed": False, "wait": wait, "everyone": everyone}
+        locked = page(request, "login.html", context, status=429)
         locked.headers["Retry-After"] = str(wait)
         return locked
     given = form.get("key")
     key = matching_key(given, settings.read_keys) if isinstance(given, str) and given else None
     if key is None:
-        throttle.failed(address)
-        log.warning("dashboard: login refused from %s (wrong API key)", address)
+        await throttle.failed(client, "login")
+        log.warning("dashboard: login refused from %s (wrong API key)", client)
         return page(request, "login.html", {"next": target, "failed": True}, status=401)
-    throttle.succeeded(address)
+    await throttle.succeeded(client)
     session = issue(settings, key)
     log.info("dashboard: login (key %s)", session.key_id)
     response = redirect(target)
@@ -107,8 +112,10 @@ async def log_in(request: Request) -> Response:
 
 @router.post("/dashboard/logout")
 async def log_out(request: Request, session: Viewer) -> Response:
-    """End the session: forget the cookie and show the login form."""
+    """End the session: revoke it for every process, forget the cookie, show the login."""
     await checked_form(request, session)
+    await revoke(request.app.state.engine, session.id, session.expires)
+    log.info("dashboard: logout (key %s)", session.key_id)
     response = redirect("/dashboard/login")
     response.delete_cookie(
         COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=is_https(request)

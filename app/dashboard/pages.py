@@ -25,6 +25,7 @@ from app.dashboard.sessions import (
     current_session,
     is_https,
     same_origin,
+    verify,
 )
 from app.dashboard.views import delivery_ref, local_time, render
 from app.db.models import Delivery
@@ -105,9 +106,9 @@ def has_nul(request: Request) -> bool:
     )
 
 
-def viewer(request: Request) -> Session:
+async def viewer(request: Request) -> Session:
     """The session of whoever asks; LoginRequired when API keys are set and there is none."""
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         raise LoginRequired
     return session
@@ -173,7 +174,9 @@ def page(
 
 
 def error_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:
-    session = current_session(request)
+    # The signature alone decides here (the database may be what failed): the page shows
+    # nothing but the error, whoever sees it.
+    session = verify(settings_of(request), request.cookies.get(COOKIE))
     return page(request, "error.html", {"title": title, "message": message}, session, status)
 
 

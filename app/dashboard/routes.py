@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 from fastapi import Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app.core.mobiles import national, normalize_mobile
 from app.core.settings import Settings
 from app.dashboard import data
 from app.dashboard.charts import build_chart
@@ -22,19 +23,18 @@ from app.dashboard.pages import (
     redirect,
     settings_of,
 )
-from app.dashboard.views import delivery_ref, national
+from app.dashboard.views import delivery_ref
 from app.db.engine import MAX_ROW_ID, SessionDep
 from app.db.models import Rejected
+from app.ingest.errors import IngestUnavailable
 from app.ingest.parse import (
     DELIVERED_WORDS,
     FAILED_WORDS,
     NON_FINAL_WORDS,
     CallbackRejected,
-    normalize_mobile,
     parse_callback,
 )
 from app.ingest.quarantine import list_rejected, replay
-from app.ingest.writer import IngestUnavailable
 from app.read.aggregates import batch_summary
 from app.read.queries import get_delivery
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import ipaddress
@@ -10,11 +9,15 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
+from itsdangerous import BadData, Signer, URLSafeSerializer
+from pydantic import SecretStr
 
 from app.core.settings import Settings
+from app.db.revoked import is_revoked
 from app.read.cursors import cursor_key
 from app.web.security import key_id
 
@@ -22,10 +25,9 @@ COOKIE = "dlr_dashboard"
 COOKIE_PATH = "/dashboard"
 LIFETIME_SECONDS = 12 * 3600
 OPEN_KEY_ID = "open"  # the sessions of a dashboard without API keys
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+_SESSION_SALT = "mboxii-dlr dashboard session"
+_CSRF_SALT = "mboxii-dlr dashboard csrf"
+_MAX_TOKEN = 512
 
 
 def _key_secret(key: str) -> bytes:
@@ -41,11 +43,20 @@ def _secrets(settings: Settings) -> dict[str, bytes]:
     """Signing secret by key id: one per API key, or the open one when there are no keys."""
     if not settings.read_keys:
         return {OPEN_KEY_ID: _open_secret(settings)}
-    return {key_id(key): _key_secret(key) for key in settings.read_keys}
+    keys = (k.get_secret_value() for k in settings.read_keys)
+    return {key_id(key): _key_secret(key) for key in keys}
 
 
-def _sign(secret: bytes, payload: str) -> str:
-    return _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
+def _serializer(secret: bytes | list[bytes]) -> URLSafeSerializer:
+    # A list of secrets: a token verifies when any of them signed it.
+    return URLSafeSerializer(
+        secret, salt=_SESSION_SALT, signer_kwargs={"digest_method": hashlib.sha256}
+    )
+
+
+def _csrf(secret: bytes, session_id: str) -> str:
+    signer = Signer(secret, salt=_CSRF_SALT, digest_method=hashlib.sha256)
+    return signer.get_signature(session_id).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +67,8 @@ class Session:
     expires: int
     csrf: str
     token: str
+    id: str  # random, names the session in the revocation list (app.db.revoked)
     new: bool = False  # made by this request: the response must set the cookie
-
-
-def _session(secret: bytes, kid: str, expires: int, nonce: str, new: bool = False) -> Session:
-    payload = f"{kid}.{expires}.{nonce}"
-    csrf = _sign(secret, "csrf." + nonce)[:32]
-    return Session(kid, expires, csrf, f"{payload}.{_sign(secret, payload)}", new)
 
 
 def issue(settings: Settings, key: str | None, now: float | None = None) -> Session:
@@ -72,42 +78,52 @@ def issue(settings: Settings, key: str | None, now: float | None = None) -> Sess
         kid, secret = OPEN_KEY_ID, _open_secret(settings)
     else:
         kid, secret = key_id(key), _key_secret(key)
-    return _session(secret, kid, int(now) + LIFETIME_SECONDS, _b64(secrets.token_bytes(16)), True)
+    session_id = secrets.token_urlsafe(16)
+    expires = int(now) + LIFETIME_SECONDS
+    token = str(_serializer(secret).dumps({"k": kid, "e": expires, "s": session_id}))
+    return Session(kid, expires, _csrf(secret, session_id), token, session_id, new=True)
 
 
 def verify(settings: Settings, token: str | None, now: float | None = None) -> Session | None:
-    """The session a cookie names, or None when it is forged, expired or its key is gone."""
-    if not token or len(token) > 256:
+    """The session a cookie names, or None when it is forged, expired or its key is gone.
+    Says nothing of logouts: `current_session` asks the revocation list too."""
+    if not token or len(token) > _MAX_TOKEN:
         return None
-    parts = token.split(".")
-    if len(parts) != 4 or not parts[1].isdigit():
+    by_kid = _secrets(settings)
+    try:
+        payload: Any = _serializer(list(by_kid.values())).loads(token)
+    except BadData:
         return None
-    kid, expires_text, nonce, signature = parts
-    secret = _secrets(settings).get(kid)
+    if not isinstance(payload, dict):
+        return None
+    kid, expires, session_id = payload.get("k"), payload.get("e"), payload.get("s")
+    if not (isinstance(kid, str) and isinstance(expires, int) and isinstance(session_id, str)):
+        return None
+    secret = by_kid.get(kid)
     if secret is None:
         return None
-    expected = _sign(secret, f"{kid}.{expires_text}.{nonce}")
-    if not hmac.compare_digest(signature.encode(), expected.encode()):
-        return None
-    expires = int(expires_text)
     if expires <= (time.time() if now is None else now):
         return None
-    return _session(secret, kid, expires, nonce)
+    return Session(kid, expires, _csrf(secret, session_id), token, session_id)
 
 
-def matching_key(given: str, keys: Sequence[str]) -> str | None:
+def matching_key(given: str, keys: Sequence[SecretStr]) -> str | None:
     """The configured key equal to `given`, compared in constant time against every key."""
     found = None
     for key in keys:
-        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode()):
-            found = key
+        value = key.get_secret_value()
+        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), value.encode()):
+            found = value
     return found
 
 
-def current_session(request: Request) -> Session | None:
-    """The request's valid session; on an open dashboard, a new one when it has none."""
+async def current_session(request: Request) -> Session | None:
+    """The request's valid session, unless logged out; on an open dashboard, a new one when
+    it has none."""
     settings: Settings = request.app.state.settings
     session = verify(settings, request.cookies.get(COOKIE))
+    if session is not None and await is_revoked(request.app.state.engine, session.id):
+        session = None
     if session is None and not settings.read_keys:
         session = issue(settings, None)
     return session

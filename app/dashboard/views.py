@@ -17,40 +17,25 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from app.core.mobiles import mask_mobile, mask_numbers, national
 from app.core.settings import Settings
-from app.ingest.parse import mask_mobile, normalize_mobile
 from app.read.cursors import cursor_key
 
-# Anything that reads as a Taiwan mobile number, in any spelling the callback accepts.
-_MOBILE_LIKE = re.compile(r"(?<![\d+])(?:\+?886[ .-]?0?|0)?9(?:[ .-]?\d){8}(?!\d)")
-# The value of a field named mobile, in a query string, form body or JSON body.
+# The value of a field named mobile, in a query string, form body or JSON body: masked
+# whatever it holds, as it may be a number in a spelling no pattern knows.
 _MOBILE_FIELD = re.compile(r"""(?i)(\bmobile\b"?\s*[=:]\s*)("[^"]*"|[^&"',}\s]+)""")
-
-
-def mask_value(value: str) -> str:
-    """A number-like value with its middle hidden; a Taiwan mobile in the usual form."""
-    mobile = normalize_mobile(value)
-    if mobile is not None:
-        return mask_mobile(mobile)
-    return f"{value[:4]}***{value[-3:]}" if len(value) >= 8 else "***"
 
 
 def _mask_field(match: re.Match[str]) -> str:
     name, value = match.groups()
     if value.startswith('"'):
-        return f'{name}"{mask_value(value[1:-1])}"'
-    return name + mask_value(unquote_plus(value))
+        return f'{name}"{mask_mobile(value[1:-1])}"'
+    return name + mask_mobile(unquote_plus(value))
 
 
 def mask_text(text: str) -> str:
     """Raw request text with every mobile number masked (quarantined bodies and queries)."""
-    text = _MOBILE_FIELD.sub(_mask_field, text)
-    return _MOBILE_LIKE.sub(lambda m: mask_value(m.group(0)), text)
-
-
-def national(mobile: str) -> str:
-    """`+886912345678` -> `0912345678`, the way people in Taiwan write it."""
-    return "0" + mobile[4:] if mobile.startswith("+886") else mobile
+    return mask_numbers(_MOBILE_FIELD.sub(_mask_field, text))
 
 
 def delivery_ref(settings: Settings, mobile: str) -> str:

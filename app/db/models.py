@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     column,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -110,6 +111,15 @@ class Delivery(Base):
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     reports: Mapped[int] = mapped_column(Integer)
     report_id: Mapped[int] = mapped_column(BigInteger)
+    # What a change of the current state needs to tell (outbound events, per-number
+    # summaries, written in the batch's transaction): `version` is 1 for the first state and
+    # one more for each batch whose report won the ordering rule; prev_* hold the state
+    # that win replaced (NULL until the first replacement). Set by the ingest upsert.
+    version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    prev_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    prev_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    prev_final: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    prev_done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Rejected(Base):
@@ -189,3 +199,31 @@ class DeliveryCount(Base):
     outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class KeyFailure(Base):
+    """One refused API key (dashboard login or /v1) from one client, kept for the key
+    throttle's window (app.db.throttle), so every process and replica counts it."""
+
+    __tablename__ = "key_failures"
+    __table_args__ = (
+        Index("ix_key_failures_client_failed_at", "client", "failed_at"),
+        # pruning, and the count of refused logins of the last minute
+        Index("ix_key_failures_failed_at", "failed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The address, or for IPv6 its /64 (app.web.security.client_key)
+    client: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))  # "login" or "api"
+    failed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class RevokedSession(Base):
+    """A dashboard session ended by logging out, refused until it would have expired."""
+
+    __tablename__ = "revoked_sessions"
+    __table_args__ = (Index("ix_revoked_sessions_expires_at", "expires_at"),)
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

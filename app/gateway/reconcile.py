@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
 from dataclasses import dataclass, fields
 from zoneinfo import ZoneInfo
 
+from aiolimiter import AsyncLimiter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,8 +24,9 @@ from app.gateway import (
     NotSentYet,
 )
 from app.gateway.sends import pending_numbers
+from app.ingest.errors import IngestRefused, IngestUnavailable
 from app.ingest.parse import CallbackRejected, ParsedReport, validate_fields
-from app.ingest.writer import IngestRefused, IngestUnavailable, Writer
+from app.ingest.writer import Writer
 
 log = logging.getLogger("mboxii_dlr.reconcile")
 
@@ -59,23 +60,6 @@ def poll_report(
         "statusstr": status.text,
     }
     return validate_fields(values, zone, received_at)
-
-
-class RateLimiter:
-    """At most `rate` calls per second, spaced evenly, shared by every task."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            if self._next > now:
-                await asyncio.sleep(self._next - now)
-                now = self._next
-            self._next = now + self.interval
 
 
 @dataclass(slots=True)
@@ -116,7 +100,9 @@ class Reconciler:
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.client = client
-        self.limiter = RateLimiter(settings.reconcile_rate)
+        # One call per 1/rate seconds: a bucket of one spaces the calls evenly, where a
+        # bucket of `rate` would let a second's worth go out at once.
+        self.limiter = AsyncLimiter(1, 1.0 / settings.reconcile_rate)
         self.slots = asyncio.Semaphore(settings.reconcile_concurrency)
         self._paused_until: dt.datetime | None = None
         self._global_errors = 0
@@ -223,7 +209,7 @@ class Reconciler:
         if not await self._claim(send, now):
             return result
 
-        await self.limiter.wait()
+        await self.limiter.acquire()
         paused = self._paused_until
         if paused is not None and dt.datetime.now(dt.UTC) < paused:
             # Another check failed for the whole account while this one waited its turn.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from app.ingest.parse import normalize_mobile
+from app.core import mobiles
 
 Language = Literal["english", "chinese"]
 SendType = Literal["now", "scheduled"]
@@ -30,14 +30,6 @@ MAX_AHEAD_TEXT = "ten years"
 
 # Patterns use explicit character classes so that every regex engine reading the OpenAPI
 # document (ECMA-262, Rust, Python) agrees with the checks here.
-_SEP = "[ .-]*"
-#: A Taiwan mobile number in every spelling normalize_mobile accepts: 0912345678,
-#: +886912345678, 886912345678, 912345678, +8860912345678, with spaces, dots or dashes
-#: between the digits (leading spaces too: a `+` in a query string arrives as one).
-MOBILE_PATTERN = (
-    rf"^ *(?:\+?8{_SEP}8{_SEP}6{_SEP}(?:0{_SEP})?|0{_SEP})?9(?:{_SEP}[0-9]){{8}}{_SEP}$"
-)
-_MOBILE_RE = re.compile(MOBILE_PATTERN)
 # Control characters (C0 but line breaks, DEL, C1): an SMS has no use for them and
 # PostgreSQL refuses NUL, which would fail the record after the gateway has sent.
 _CONTROL = r"\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f"
@@ -92,13 +84,6 @@ def gateway_mobile(e164: str) -> str:
     return "0" + e164.removeprefix("+886")
 
 
-def mobile_from_input(value: str) -> str | None:
-    """A number as a client typed it (MOBILE_PATTERN) as E.164, or None."""
-    if not _MOBILE_RE.fullmatch(value):
-        return None
-    return normalize_mobile(value.strip(" "))
-
-
 def parse_send_at(value: str | dt.datetime, zone: ZoneInfo) -> dt.datetime:
     """An ISO 8601 time (without an offset: in the gateway zone) as a UTC instant."""
     if isinstance(value, str):
@@ -142,7 +127,10 @@ def prepare_message(
     normalized: list[str] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(numbers):
-        mobile = mobile_from_input(raw) if isinstance(raw, str) else None
+        if isinstance(raw, str) and len(raw) > mobiles.MAX_LENGTH:
+            errors.append({"field": f"numbers.{i}", "message": mobiles.TOO_LONG})
+            continue
+        mobile = mobiles.from_input(raw) if isinstance(raw, str) else None
         if mobile is None:
             errors.append(
                 {

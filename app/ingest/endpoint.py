@@ -12,9 +12,9 @@ from starlette.types import Receive, Scope, Send
 
 from app.core.paths import ROUTE, token_of
 from app.core.settings import Settings
+from app.ingest.errors import IngestRefused, IngestUnavailable
 from app.ingest.parse import CallbackRejected, mask_mobile, parse_callback
 from app.ingest.quarantine import RawRequest, quarantine
-from app.ingest.writer import IngestRefused, IngestUnavailable
 from app.web.answers import TEXT_TYPE, refuse, send_answer, send_json
 from app.web.bodies import BodyTooLarge, declared_over, read_body, too_large
 from app.web.security import address_allowed, caller_address, matches_secret

@@ -12,7 +12,11 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 from zoneinfo import ZoneInfo
 
-import phonenumbers
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.core import mobiles
+from app.core.mobiles import mask_mobile as mask_mobile  # the ingest writer's import
+from app.core.mobiles import normalize_mobile
 
 FIELDS = ("ID", "msgid", "type", "mobile", "donetime", "statuscode", "statusstr")
 _NAMES = {name.lower(): name for name in FIELDS} | {"status": "statuscode"}
@@ -29,12 +33,10 @@ KNOWN_WORDS = DELIVERED_WORDS | FAILED_WORDS | NON_FINAL_WORDS | {"ACCEPTD"}
 
 TYPES = {"now": "now", "dlv": "scheduled"}
 EARLIEST = (2000, 1, 1)
+MAX_DONETIME_LENGTH = 40
 LATEST_AHEAD = dt.timedelta(hours=24)
 
 _STATUSSTR_RE = re.compile(r"[A-Za-z0-9_]{1,16}")
-_COMPACT_MOBILE_RE = re.compile(r"(?:\+?8860?|0)?(9[0-9]{8})")
-_MOBILE_CHARS_RE = re.compile(r"\+?[0-9][0-9 .\-]*")
-_MOBILE_STRIP = str.maketrans("", "", " .-")
 _SLASH_RE = re.compile(r"(\d{4})/(\d{2})/(\d{2})[ T]+(\d{2}):(\d{2})(?::(\d{2}))?")
 _DASH_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2}) +(\d{2}):(\d{2}):(\d{2})")
 _ISO_TIME_RE = re.compile(r"\d[Tt ]\d")
@@ -126,8 +128,6 @@ def parse_json(body: bytes) -> list[tuple[str, Any]]:
 
 def parse_multipart(body: bytes, boundary: bytes) -> list[tuple[str, str]]:
     """Parse a multipart/form-data body into (name, value) pairs."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
     pairs: list[tuple[str, str]] = []
     state: dict[str, Any] = {"field": b"", "value": b"", "headers": {}, "data": []}
 
@@ -185,13 +185,14 @@ def parse_multipart(body: bytes, boundary: bytes) -> list[tuple[str, str]]:
 
 
 def media_type(content_type: str) -> tuple[str, dict[str, str]]:
-    """Split a Content-Type header into its lower-case media type and parameters."""
-    main, *params = content_type.split(";")
-    options: dict[str, str] = {}
-    for param in params:
-        key, _, value = param.partition("=")
-        options[key.strip().lower()] = value.strip().strip('"')
-    return main.strip().lower(), options
+    """Split a Content-Type header into its lower-case media type and its parameters (names
+    in lower case, quoted values unquoted)."""
+    try:
+        mtype, options = parse_options_header(content_type)
+    except UnicodeEncodeError:  # beyond latin-1: no header value, no media type we know
+        return content_type.strip().lower(), {}
+    params = {k.decode("latin-1").strip().lower(): v.decode("latin-1") for k, v in options.items()}
+    return mtype.decode("latin-1").strip(), params
 
 
 def body_pairs(content_type: str, body: bytes) -> list[tuple[str, Any]]:
@@ -253,47 +254,6 @@ def _is_identifier(value: str) -> bool:
     return 0 < len(value) <= 64 and value.isprintable() and " " not in value
 
 
-def normalize_mobile(value: str) -> str | None:
-    """A Taiwan mobile number in any accepted form as E.164, or None."""
-    # The compact spellings gateways send are settled by one regex; phonenumbers (slower,
-    # cached) handles the rest. tests/test_callback.py checks that both paths agree.
-    m = _COMPACT_MOBILE_RE.fullmatch(value)
-    if m is not None:
-        return "+886" + m.group(1)
-    return normalize_mobile_phonenumbers(value)
-
-
-@lru_cache(maxsize=65536)
-def normalize_mobile_phonenumbers(value: str) -> str | None:
-    """normalize_mobile through the phonenumbers library, for any spelling."""
-    if not _MOBILE_CHARS_RE.fullmatch(value):
-        return None
-    compact = value.translate(_MOBILE_STRIP)
-    if len(compact) > 16:
-        return None
-    try:
-        number = phonenumbers.parse(compact, "TW")
-    except phonenumbers.NumberParseException:
-        return None
-    nsn = str(number.national_number)
-    if number.country_code != 886 or len(nsn) != 9 or nsn[0] != "9":
-        return None
-    # phonenumbers also accepts 0 0 9... or a stray national prefix after +886;
-    # keep to the spellings the contract lists.
-    digits = compact.removeprefix("+")
-    if digits not in (f"0{nsn}", f"886{nsn}", nsn, f"8860{nsn}"):
-        return None
-    return "+886" + nsn
-
-
-def mask_mobile(mobile: str) -> str:
-    """`+886912345678` -> `0912***678`, for logs."""
-    national = "0" + mobile[4:] if mobile.startswith("+886") else mobile
-    if len(national) < 8:
-        return "***"
-    return f"{national[:4]}***{national[-3:]}"
-
-
 def _local(zone: ZoneInfo, *parts: str | None) -> dt.datetime:
     year, month, day, hour, minute, second = (int(p) if p else 0 for p in parts)
     return dt.datetime(year, month, day, hour, minute, second, tzinfo=zone)
@@ -301,6 +261,10 @@ def _local(zone: ZoneInfo, *parts: str | None) -> dt.datetime:
 
 def parse_donetime(value: str, zone: ZoneInfo, received_at: dt.datetime) -> dt.datetime:
     """Parse any accepted donetime spelling into a UTC instant; raise ValueError if invalid."""
+    if len(value) > MAX_DONETIME_LENGTH:
+        # Before the cache, whose keys must stay short (the slash format allows any run of
+        # spaces between date and time).
+        raise ValueError(f"is longer than {MAX_DONETIME_LENGTH} characters")
     instant = _donetime_instant(value, zone)
     if instant < dt.datetime(*EARLIEST, tzinfo=zone):
         raise ValueError("is before 2000-01-01")
@@ -309,7 +273,8 @@ def parse_donetime(value: str, zone: ZoneInfo, received_at: dt.datetime) -> dt.d
     return instant
 
 
-# A campaign's reports settle within the same seconds, so their donetimes repeat.
+# A campaign's reports settle within the same seconds, so their donetimes repeat. Keys are at
+# most MAX_DONETIME_LENGTH characters (parse_donetime): ~8192 * 150 bytes at most.
 @lru_cache(maxsize=8192)
 def _donetime_instant(value: str, zone: ZoneInfo) -> dt.datetime:
     """The UTC instant a donetime spelling names (no range check)."""
@@ -331,7 +296,7 @@ def _donetime_instant(value: str, zone: ZoneInfo) -> dt.datetime:
                 raise ValueError("not a known time format")
         elif (m := _SLASH_RE.fullmatch(value)) or (m := _DASH_RE.fullmatch(value)):
             when = _local(zone, *m.groups())
-        elif _ISO_TIME_RE.search(value) and len(value) <= 40:
+        elif _ISO_TIME_RE.search(value):
             when = dt.datetime.fromisoformat(value)
             if when.tzinfo is None:
                 when = when.replace(tzinfo=zone)
@@ -400,7 +365,9 @@ def validate_fields(
         errors.append({"field": "type", "message": "must be Now or dlv"})
     raw_mobile = get("mobile")
     mobile = normalize_mobile(raw_mobile) if raw_mobile is not None else None
-    if raw_mobile is not None and mobile is None:
+    if raw_mobile is not None and len(raw_mobile) > mobiles.MAX_LENGTH:
+        errors.append({"field": "mobile", "message": mobiles.TOO_LONG})
+    elif raw_mobile is not None and mobile is None:
         errors.append(
             {"field": "mobile", "message": "must be a Taiwan mobile number such as 0912345678"}
         )

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import insert_for
 from app.db.models import Rejected
+from app.ingest.errors import IngestRefused, IngestUnavailable, is_connectivity_error
 from app.ingest.parse import CallbackRejected, ParsedReport, parse_callback
-from app.ingest.writer import IngestRefused, IngestUnavailable, Writer, is_connectivity_error
+from app.ingest.writer import Writer
 
 REJECTED = Rejected.__table__
 

@@ -128,7 +128,7 @@ class RequestContextMiddleware:
         if route == UNMATCHED:
             path = scope["path"][:200]
             for token in self.state.settings.callback_tokens:
-                path = path.replace(token, "***")
+                path = path.replace(token.get_secret_value(), "***")
         address = caller_address(scope, self.state.settings.trusted_proxies)
         duration_ms = round(elapsed * 1000, 2)
         access_log.info(

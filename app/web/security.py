@@ -8,17 +8,18 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from pydantic import SecretStr
 from starlette.types import Scope
 
 from app.core.settings import IPNetwork
 
 
-def matches_secret(given: str, secrets: Sequence[str]) -> bool:
+def matches_secret(given: str, secrets: Sequence[SecretStr]) -> bool:
     """Compare against every configured secret in constant time, without short-circuit."""
     given_bytes = given.encode("utf-8", "surrogateescape")
     found = False
     for secret in secrets:
-        found |= hmac.compare_digest(given_bytes, secret.encode("utf-8"))
+        found |= hmac.compare_digest(given_bytes, secret.get_secret_value().encode("utf-8"))
     return found
 
 
@@ -27,9 +28,20 @@ def key_id(key: str) -> str:
     return hashlib.sha256(b"mboxii-dlr key id\x00" + key.encode()).hexdigest()[:12]
 
 
-@lru_cache(maxsize=4096)  # callers are a handful of gateway and proxy addresses
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+# The longest address spelling with a port: [ffff:...:255.255.255.255]:65535 (53 characters).
+MAX_ADDRESS_TEXT = 64
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(text: str) -> IPAddress | None:
     text = text.strip()
+    if len(text) > MAX_ADDRESS_TEXT:  # never an address, and kept out of the cache
+        return None
+    return _parse_address(text)
+
+
+@lru_cache(maxsize=4096)  # callers are a handful of gateway and proxy addresses
+def _parse_address(text: str) -> IPAddress | None:
     if text.startswith("[") and "]" in text:  # [v6]:port
         text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # v4:port
@@ -43,7 +55,7 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Iterable[IPNetwork]) -> bool:
+def _in(address: IPAddress, nets: Iterable[IPNetwork]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in net for net in nets)
@@ -97,3 +109,16 @@ def address_allowed(address: str, networks: Sequence[IPNetwork]) -> bool:
         return True
     ip = _address(address)
     return ip is not None and _in(ip, networks)
+
+
+def client_key(address: str) -> str:
+    """Whom a refused API key is counted against: the caller's address, or for IPv6 its
+    /64, the share of one subscriber, who may rotate through all of it at will."""
+    ip = _address(address)
+    if ip is None:
+        return address[:MAX_ADDRESS_TEXT]  # "unknown": every such caller shares one count
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -1,0 +1,38 @@
+"""The two ways a report can fail to be stored, and which of them a database error is."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
+
+
+class IngestUnavailable(Exception):
+    """Storage is unreachable or the writer is saturated: answer 503, acknowledge nothing."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class IngestRefused(Exception):
+    """The database refused this one report (it passed validation): it is not stored."""
+
+
+def is_connectivity_error(exc: BaseException) -> bool:
+    """True when the failure is the database being away, not the data being refused."""
+    if isinstance(exc, asyncpg.PostgresError):  # the PostgreSQL store uses asyncpg directly
+        # Connection trouble (08), resources (53), shutdown (57), system (58), and
+        # serialization or deadlock (40) pass with time; anything else is this data.
+        return str(getattr(exc, "sqlstate", "") or "")[:2] in ("08", "40", "53", "57", "58")
+    if isinstance(exc, sqlite3.Error):  # the SQLite store uses the driver directly
+        return not isinstance(
+            exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError
+        )
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    # A StatementError is a value that could not be bound: this report's problem.
+    # Anything else (a socket error, a pool timeout, a driver surprise) counts as an
+    # outage: answering 503 makes the gateway retry, which is always safe.
+    return not isinstance(exc, StatementError)

@@ -1,0 +1,156 @@
+"""Batches into PostgreSQL with asyncpg itself: two prepared statements over one array per
+column, on connections kept between batches, successive batches pipelined in call order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import DateTime, bindparam, func, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db.engine import UTCDateTime
+from app.ingest.errors import is_connectivity_error
+from app.ingest.fold import (
+    DELIVERY_COLUMNS,
+    REPORT_COLUMNS,
+    Arrival,
+    BatchPlan,
+    StoreResult,
+)
+from app.ingest.statements import (
+    DELIVERIES,
+    REPORT_IDENTITY,
+    REPORTS,
+    delivery_upsert,
+    returned_columns,
+)
+from app.ingest.store import BatchEffect
+
+
+def _unnest_insert(table: Any, columns: tuple[str, ...]) -> Any:
+    """An INSERT of many rows from unnest() over one array per column: one round trip, the
+    arrays encoded by the driver."""
+
+    def array(name: str) -> Any:
+        column = table.c[name]
+        # The values are already aware UTC datetimes: skip UTCDateTime's per-value work.
+        element = DateTime(timezone=True) if isinstance(column.type, UTCDateTime) else column.type
+        return bindparam(name, type_=postgresql.ARRAY(element))
+
+    source = select(*(func.unnest(array(name)).label(name) for name in columns))
+    return postgresql.insert(table).from_select(list(columns), source)
+
+
+class _Statement:
+    """A statement compiled for asyncpg, whose $1, $2, ... are each one column's array."""
+
+    def __init__(self, statement: Any, columns: tuple[str, ...]) -> None:
+        dialect = postgresql.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        # Where each $n comes from, in the compiler's numbering (a name it does not know
+        # fails here, at import).
+        self._sources = [columns.index(name) for name in compiled.positiontup or ()]
+
+    def arguments(self, rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+        columns = list(zip(*rows, strict=True))
+        return [list(columns[i]) for i in self._sources]
+
+
+INSERT_REPORTS = _Statement(
+    _unnest_insert(REPORTS, REPORT_COLUMNS)
+    .on_conflict_do_nothing(index_elements=REPORT_IDENTITY)
+    .returning(REPORTS.c.report_key, REPORTS.c.id),
+    REPORT_COLUMNS,
+)
+UPSERT_DELIVERIES = _Statement(
+    delivery_upsert(_unnest_insert(DELIVERIES, DELIVERY_COLUMNS)).returning(*returned_columns()),
+    DELIVERY_COLUMNS,
+)
+
+
+async def store_batch(
+    connection: Any, batch: Sequence[Arrival], effects: Sequence[BatchEffect] = ()
+) -> StoreResult:
+    """Insert the reports, fold them into deliveries and run the effects, on an asyncpg
+    connection inside a transaction the caller owns."""
+    plan = BatchPlan(batch)
+    rows = plan.report_rows()
+    inserted = await connection.fetch(INSERT_REPORTS.sql, *INSERT_REPORTS.arguments(rows))
+    rows = plan.delivery_rows(dict(inserted))
+    returned = []
+    if rows:
+        returned = await connection.fetch(UPSERT_DELIVERIES.sql, *UPSERT_DELIVERIES.arguments(rows))
+    result = plan.result(returned)
+    if effects and result.changes:
+        for effect in effects:
+            await effect.apply_postgres(connection, result.changes)
+    return result
+
+
+class PostgresStore:
+    """Stores batches with asyncpg itself (SQLAlchemy's execution layer cost as much as the
+    driver), on connections it keeps between batches: a pool checkout with its ping cost a
+    round trip per batch. The pool still opens and recycles them.
+
+    Two batches may be in flight: the next one runs its statements while the previous one
+    waits for its COMMIT. It starts them only once the previous one has run its own, so for
+    every row they share it queues behind that one (row locks): the later-received report
+    is applied later."""
+
+    overlap_minimum = 1
+
+    def __init__(self, engine: AsyncEngine, effects: Sequence[BatchEffect] = ()) -> None:
+        self.engine = engine
+        self.effects = tuple(effects)
+        self._idle: list[tuple[AsyncConnection, Any]] = []
+        # Set once the latest call's statements have run (or it gave up).
+        self._previous_ran: asyncio.Event | None = None
+
+    async def store(self, batch: Sequence[Arrival]) -> StoreResult:
+        after, ran = self._previous_ran, asyncio.Event()
+        self._previous_ran = ran
+        try:
+            kept = bool(self._idle)
+            try:
+                return await self._attempt(batch, after, ran, kept=kept)
+            except Exception as exc:
+                if not (kept and is_connectivity_error(exc)):
+                    raise
+                # The kept connection may have died with a database restart. Storing is
+                # idempotent, so one more try on a fresh connection is always safe.
+                return await self._attempt(batch, after, ran, kept=False)
+        finally:
+            ran.set()
+
+    async def _attempt(
+        self, batch: Sequence[Arrival], after: asyncio.Event | None, ran: asyncio.Event, kept: bool
+    ) -> StoreResult:
+        if kept:
+            connection, raw = self._idle.pop()
+        else:
+            connection = await self.engine.connect()
+            raw = (await connection.get_raw_connection()).driver_connection
+        try:
+            if after is not None:
+                await after.wait()
+            async with raw.transaction():
+                result = await store_batch(raw, batch, self.effects)
+                ran.set()
+        except BaseException:
+            # Whatever state it is in, it is not reused: the pool replaces it.
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+                await connection.close()
+            raise
+        self._idle.append((connection, raw))
+        return result
+
+    async def close(self) -> None:
+        while self._idle:
+            with contextlib.suppress(Exception):
+                await self._idle.pop()[0].close()

@@ -1,0 +1,42 @@
+"""What the writer asks of a database (BatchStore), and what may ride along in a batch's
+transaction (BatchEffect)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from app.ingest.fold import Arrival, DeliveryChange, StoreResult
+
+
+class BatchEffect(Protocol):
+    """Work that commits with a batch or not at all (outbound events, per-number summaries).
+
+    A store calls it inside the batch's transaction, after the delivery upsert and before the
+    commit, once per batch that changed at least one delivery. Whatever it raises rolls the
+    whole batch back: no report of it is acknowledged, and the writer treats the error like
+    one of the batch's own (a connectivity error answers 503; anything the database refused
+    sends the reports one by one)."""
+
+    async def apply_postgres(self, connection: Any, changes: Sequence[DeliveryChange]) -> None:
+        """On PostgreSQL: `connection` is the batch's asyncpg connection."""
+
+    def apply_sqlite(
+        self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
+    ) -> None:
+        """On SQLite, in the store's thread: `connection` is the batch's sqlite3 connection."""
+
+
+class BatchStore(Protocol):
+    """Stores batches of reports: each batch in one transaction, the reports deduplicated,
+    each delivery folded by the ordering rule. Successive calls apply their statements in
+    the order they were made, even when their commits overlap, so on a tie the report
+    received later wins."""
+
+    # How many queued reports make a batch worth starting beside the one in flight.
+    overlap_minimum: int
+
+    async def store(self, batch: Sequence[Arrival]) -> StoreResult: ...
+
+    async def close(self) -> None: ...
