@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import re
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +19,15 @@ from schemathesis.checks import CheckContext
 from schemathesis.engine import Status, events, from_schema
 from schemathesis.python.asgi import shutdown_lifespans
 
+from app.db.throttle import KeyThrottle
 from app.main import create_app
 from tests.conftest import make_settings, report, running_app
 from tests.fake_gateway import ACCOUNT, API_KEY, FakeGateway
 
 READ_KEY = "read-only-key-0123456789"
 CALLBACK = "/callbacks/mboxii/tok-1"
-EXAMPLES = 25
+EXAMPLES = 15  # per operation and phase
+STATEFUL_RUNS = 10  # scenarios of the stateful phase, of up to 20 steps each
 # Rules a JSON Schema cannot state: what a value means next to another one (a range that
 # ends before it starts, a number spelt twice two ways), next to the clock (a schedule time
 # in the past), or next to the server's secret (a cursor's signature). A schema-valid
@@ -116,6 +120,7 @@ def run_schemathesis(database_url: str) -> Run:
     )
     asyncio.run(seed(settings))
     app = create_app(settings, gateway_transport=gateway.transport())
+    unthrottled(app)
     config = schemathesis.Config.from_dict(
         {
             "headers": {"X-API-Key": API_KEY},
@@ -124,7 +129,9 @@ def run_schemathesis(database_url: str) -> Run:
             "generation": {"max-examples": EXAMPLES, "deterministic": True, "database": "none"},
             # Every check, with positive_data_acceptance replaced by valid_data_is_accepted.
             "checks": {"enabled": True, "positive_data_acceptance": {"enabled": False}},
-            "phases": {"stateful": {"max-steps": 40}},
+            "phases": {
+                "stateful": {"max-steps": 20, "generation": {"max-examples": STATEFUL_RUNS}}
+            },
         }
     )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
@@ -159,6 +166,21 @@ def run_schemathesis(database_url: str) -> Run:
     finally:
         shutdown_lifespans()
     return run
+
+
+def unthrottled(app: Any) -> None:
+    """Let refused keys go uncounted: schemathesis sends wrong and missing keys on purpose
+    (ignored_auth), always from the same address, which the key throttle would soon lock out
+    of every operation. The throttle has tests of its own (tests/test_security.py)."""
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with started(app):
+            app.state.key_throttle = KeyThrottle(app.state.engine, allowed=1_000_000)
+            yield
+
+    app.router.lifespan_context = lifespan
 
 
 async def seed(settings: Any) -> None:

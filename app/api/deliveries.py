@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from app.api.errors import error_responses
 from app.api.params import (
+    CURSOR_MAX_LENGTH,
     CURSOR_PATTERN,
     IDENTIFIER_PATTERN,
     INSTANT_DESCRIPTION,
@@ -148,7 +149,7 @@ async def list_deliveries(
         Query(
             description="`next_cursor` of the previous page. Send the same filters with it "
             "(only `limit` may change); a cursor from other filters, or altered, is a 422",
-            json_schema_extra=pattern(CURSOR_PATTERN),
+            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
         ),
     ] = None,
 ) -> dict[str, Any]:

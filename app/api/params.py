@@ -37,8 +37,9 @@ INSTANT_DESCRIPTION = (
 IDENTIFIER_PATTERN = r"^[^\x00-\x20\x7f-\x9f]{1,64}$"
 #: A status word: 1-16 letters, digits or underscores, any case.
 STATUS_PATTERN = r"^[A-Za-z0-9_]{1,16}$"
-#: A cursor this service issued: a signature and a position, base64url.
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{22,1024}$"
+#: A cursor this service issued: a position and its signature, base64url, dot separated.
+CURSOR_PATTERN = r"^[.]?[A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$"
+CURSOR_MAX_LENGTH = 1024
 #: The schema of a mobile number parameter, as checked.
 MOBILE_SCHEMA = {"pattern": MOBILE_PATTERN, "maxLength": mobiles.MAX_LENGTH}
 
@@ -52,9 +53,9 @@ def invalid(field: str, message: str) -> InvalidParameters:
     return InvalidParameters(errors=[{"field": field, "message": message}])
 
 
-def pattern(value: str) -> dict[str, str]:
-    """`json_schema_extra` of a parameter checked against the pattern `value`."""
-    return {"pattern": value}
+def pattern(value: str, max_length: int | None = None) -> dict[str, str | int]:
+    """`json_schema_extra` of a parameter checked against the pattern `value` (and a length)."""
+    return {"pattern": value} if max_length is None else {"pattern": value, "maxLength": max_length}
 
 
 def check_identifier(field: str, value: str | None) -> str | None:
@@ -74,7 +75,7 @@ def check_status(value: str) -> str:
 
 def check_cursor(value: str | None) -> str | None:
     """A cursor's shape (its signature is checked where it is read)."""
-    if value is not None and not _CURSOR_RE.fullmatch(value):
+    if value is not None and (len(value) > CURSOR_MAX_LENGTH or not _CURSOR_RE.fullmatch(value)):
         raise invalid("cursor", "is not a cursor this service issued")
     return value
 

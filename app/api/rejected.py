@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import select
 
 from app.api.errors import error_responses
-from app.api.params import CURSOR_PATTERN, check_cursor, invalid, pattern
+from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
 from app.core.errors import InvalidCallback, NotFound, Unavailable
 from app.db.engine import MAX_ROW_ID, SessionDep
@@ -61,7 +61,7 @@ async def list_quarantine(
         str | None,
         Query(
             description="`next_cursor` of the previous page, with the same filters",
-            json_schema_extra=pattern(CURSOR_PATTERN),
+            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
         ),
     ] = None,
 ) -> dict[str, Any]:
