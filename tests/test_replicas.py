@@ -52,12 +52,14 @@ def replicas(pg_url: str, simulator: Simulator) -> Iterator[list[LiveServer]]:
         server = LiveServer(
             pg_url,
             {
-                "DLR_API_KEYS": API_KEY,
+                "DLR_SEND_API_KEYS": API_KEY,
                 "DLR_CALLBACK_TOKENS": TOKEN,
                 "DLR_MBOXII_CID": "acct",
                 "DLR_MBOXII_CPW": "pw",
                 "DLR_MBOXII_BASE_URL": simulator.url + "/api/",
-                "DLR_RECONCILE_AFTER": "1s",
+                # The simulator's final times are whole seconds, up to 1.3 s after the send:
+                # by 2 s every number is final, so a send needs one check.
+                "DLR_RECONCILE_AFTER": "2s",
                 "DLR_RECONCILE_INTERVAL": "0.2s",
                 "DLR_RECONCILE_RATE": str(RATE),
                 # Each replica alone could go as fast as RATE: only the shared limit holds
