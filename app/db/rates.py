@@ -46,12 +46,13 @@ class SharedRate:
         statement = statement.on_conflict_do_update(
             index_elements=["name"],
             set_={"next_at": self._greatest(SLOTS.next_at, now) + self.spacing},
-        ).returning(SLOTS.next_at - self.spacing - now)
-        started = time.monotonic()
+        ).returning(SLOTS.next_at - self.spacing)
         async with self.engine.begin() as connection:
-            wait = (await connection.execute(statement)).scalar_one()
-        # The wait counts from the statement's clock reading, taken about when it was sent.
-        return max(0.0, float(wait) - (time.monotonic() - started))
+            slot = float((await connection.execute(statement)).scalar_one())
+        # Slept until on this host's clock: an offset from the database's clock (NTP keeps
+        # it to milliseconds) moves every call of this process alike and keeps their spacing,
+        # where a wait counted from the statement would vary with each round trip.
+        return max(0.0, slot - time.time())
 
     async def hold_off(self, seconds: float) -> None:
         """Let no call out for `seconds` from now (slots already taken stay taken)."""
