@@ -112,10 +112,17 @@ async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
     from app.db.engine import create_engine
     from app.gateway import MboxiiClient
     from app.gateway.reconcile import Reconciler
+    from app.ingest.numbers import NumberSummaries
     from app.ingest.writer import Writer
 
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    writer = Writer(engine, Metrics(), timeout=settings.ingest_timeout_seconds)
+    metrics = Metrics()
+    writer = Writer(
+        engine,
+        metrics,
+        timeout=settings.ingest_timeout_seconds,
+        effects=[NumberSummaries(metrics, settings.suppress_after_failures)],
+    )
     client = MboxiiClient.from_settings(settings)
     writer.start()
     try:
@@ -198,17 +205,20 @@ async def replay_all(settings: Settings, include_replayed: bool) -> int:
     from app.core.metrics import Metrics
     from app.db.engine import create_engine
     from app.ingest.errors import IngestUnavailable
+    from app.ingest.numbers import NumberSummaries
     from app.ingest.quarantine import list_rejected, replay
     from app.ingest.writer import Writer
 
     engine = create_engine(settings.database_url, pool_size=2)
+    metrics = Metrics()
     writer = Writer(
         engine,
-        Metrics(),
+        metrics,
         batch_size=settings.ingest_batch_size,
         batch_delay=0,
         queue_size=settings.ingest_queue_size,
         timeout=settings.ingest_timeout_seconds,
+        effects=[NumberSummaries(metrics, settings.suppress_after_failures)],
     )
     writer.start()
     stored = duplicates = invalid = 0

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
-from app.api import deliveries, messages, ops, rejected, stats
+from app.api import deliveries, messages, numbers, ops, rejected, stats
 from app.api.auth import require_api_key
 from app.api.errors import install_error_handlers
 from app.api.params import reject_nul
@@ -32,6 +32,7 @@ from app.db.engine import create_engine
 from app.db.retention import purge_periodically
 from app.db.throttle import KeyThrottle
 from app.ingest import endpoint as callbacks
+from app.ingest.numbers import NumberSummaries
 from app.ingest.writer import Writer
 from app.web.headers import SecurityHeadersMiddleware, page_csp
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -96,6 +97,7 @@ def create_app(
             batch_delay=settings.ingest_batch_delay_ms / 1000,
             queue_size=settings.ingest_queue_size,
             timeout=settings.ingest_timeout_seconds,
+            effects=[NumberSummaries(metrics, settings.suppress_after_failures)],
         )
         app.state.engine = engine
         app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
@@ -178,7 +180,7 @@ def create_app(
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
     v1 = [Depends(require_api_key), Depends(reject_nul)]
-    for router in (stats.router, rejected.router):
+    for router in (stats.router, rejected.router, numbers.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
     # The dashboard checks the same keys itself, through a login form and a session cookie.

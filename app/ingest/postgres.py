@@ -28,7 +28,7 @@ from app.ingest.statements import (
     delivery_upsert,
     returned_columns,
 )
-from app.ingest.store import BatchEffect
+from app.ingest.store import BatchEffect, run_after_commit
 
 
 def _unnest_insert(table: Any, columns: tuple[str, ...]) -> Any:
@@ -88,7 +88,9 @@ async def store_batch(
     result = plan.result(returned)
     if effects and result.changes:
         for effect in effects:
-            await effect.apply_postgres(connection, result.changes)
+            hook = await effect.apply_postgres(connection, result.changes)
+            if hook is not None:
+                result.after_commit.append(hook)
     return result
 
 
@@ -148,6 +150,7 @@ class PostgresStore:
                 await connection.close()
             raise
         self._idle.append((connection, raw))
+        run_after_commit(result)
         return result
 
     async def close(self) -> None:
