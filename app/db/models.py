@@ -124,6 +124,7 @@ class Delivery(Base):
 
 # A suppressed number is one whose suppressed_since is set (the three columns go together).
 SUPPRESSED = text("suppressed_since IS NOT NULL")
+FAILING = text("failure_streak > 0")
 
 
 class Number(Base):
@@ -137,8 +138,17 @@ class Number(Base):
     __tablename__ = "numbers"
     __table_args__ = (
         CheckConstraint("suppressed_source IN ('automatic', 'manual')", name="suppressed_source"),
-        # The list order: highest streak first, then mobile; a page is one range of it.
-        Index("ix_numbers_failure_streak_mobile", column("failure_streak").desc(), "mobile"),
+        # The list order, highest streak first, then mobile, for the numbers with a streak:
+        # the rest (most numbers) follow in the order of the primary key. A number whose
+        # streak stays 0 is then updated without touching any index (on PostgreSQL a HOT
+        # update), as most are on every batch.
+        Index(
+            "ix_numbers_failure_streak_mobile",
+            column("failure_streak").desc(),
+            "mobile",
+            postgresql_where=FAILING,
+            sqlite_where=FAILING,
+        ),
         # Suppressed numbers are few: their own small indexes serve ?suppressed=true and
         # /v1/suppressions (latest first) without a walk over every number.
         Index(

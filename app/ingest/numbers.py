@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,144 +18,103 @@ from app.ingest.store import AfterCommit
 
 log = logging.getLogger("mboxii_dlr.numbers")
 
-# Why the statements below are hand-written SQL: they lean on features the two databases
-# spell differently (unnest and LATERAL; json_each, row-value SET) and are the hot path.
-#
-# PostgreSQL, two statements per batch, so that every writer (pipelined batches, other
-# replicas, a lift, the retention purge) sees a number's summary move in one order:
-# 1. an upsert of the batch's numbers in mobile order moves the counts by the batch's
-#    changes. It takes each number's row lock, in one order for every writer (no deadlock),
-#    and adds to the newest committed row whatever snapshot the statement started with;
-# 2. a new statement, so a new snapshot taken while those locks are held: it sees every
-#    delivery committed by whoever held them before, and recounts what a sum cannot carry
-#    (a done_at can move back, a delivered report resets the streak) with a few index
-#    lookups per number on (mobile, done_at desc, msgid). It suppresses the numbers whose
-#    streak reached the threshold and returns those.
-PG_COUNT = """
-INSERT INTO numbers AS n (mobile, deliveries, delivered, failed, pending)
-SELECT c.mobile,
-       count(*) FILTER (WHERE c.previous IS NULL),
-       count(*) FILTER (WHERE c.outcome = 'delivered')
-         - count(*) FILTER (WHERE c.previous = 'delivered'),
-       count(*) FILTER (WHERE c.outcome = 'failed')
-         - count(*) FILTER (WHERE c.previous = 'failed'),
-       count(*) FILTER (WHERE c.outcome = 'pending')
-         - count(*) FILTER (WHERE c.previous = 'pending')
-FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS c(mobile, outcome, previous)
-GROUP BY c.mobile
-ORDER BY c.mobile
-ON CONFLICT (mobile) DO UPDATE SET
-  deliveries = n.deliveries + excluded.deliveries,
-  delivered = n.delivered + excluded.delivered,
-  failed = n.failed + excluded.failed,
-  pending = n.pending + excluded.pending
-"""
-PG_RECOUNT = """
-WITH updated AS (
-  UPDATE numbers AS n SET
-    first_done_at = s.first_done_at,
-    last_done_at = s.last_done_at,
-    last_status = s.last_status,
-    last_outcome = s.last_outcome,
-    last_delivered_at = s.last_delivered_at,
-    failure_streak = s.failure_streak,
-    suppressed_source = CASE WHEN s.suppress THEN 'automatic' ELSE n.suppressed_source END,
-    suppressed_reason = CASE WHEN s.suppress THEN $3 ELSE n.suppressed_reason END,
-    suppressed_since = CASE WHEN s.suppress THEN $4 ELSE n.suppressed_since END
-  FROM (
-    SELECT t.mobile,
-           earliest.done_at AS first_done_at,
-           latest.done_at AS last_done_at,
-           latest.status AS last_status,
-           latest.outcome AS last_outcome,
-           delivered.done_at AS last_delivered_at,
-           streak.failures AS failure_streak,
-           (cur.suppressed_since IS NULL AND streak.failures >= $2) AS suppress
-    FROM (SELECT DISTINCT unnest($1::varchar[]) AS mobile) AS t
-    JOIN numbers AS cur ON cur.mobile = t.mobile
-    LEFT JOIN LATERAL (
-      SELECT d.done_at FROM deliveries AS d WHERE d.mobile = t.mobile
-      ORDER BY d.done_at LIMIT 1
-    ) AS earliest ON true
-    LEFT JOIN LATERAL (
-      SELECT d.done_at, d.status, d.outcome FROM deliveries AS d WHERE d.mobile = t.mobile
-      ORDER BY d.done_at DESC, d.msgid LIMIT 1
-    ) AS latest ON true
-    LEFT JOIN LATERAL (
-      SELECT d.done_at FROM deliveries AS d WHERE d.mobile = t.mobile AND d.outcome = 'delivered'
-      ORDER BY d.done_at DESC LIMIT 1
-    ) AS delivered ON true
-    CROSS JOIN LATERAL (
-      SELECT count(*)::int AS failures FROM deliveries AS d
-      WHERE d.mobile = t.mobile AND d.outcome = 'failed' AND d.final
-        AND d.done_at > greatest(delivered.done_at, cur.lifted_at, '-infinity'::timestamptz)
-    ) AS streak
-  ) AS s
-  WHERE n.mobile = s.mobile
-  RETURNING n.mobile, n.failure_streak, s.suppress
-)
-SELECT mobile, failure_streak FROM updated WHERE suppress
-"""
+# PostgreSQL: one call per batch of the function migration 0008 made (numbers_apply): it
+# takes the numbers' row locks in order, moves their counts, recounts the rest in a new
+# snapshot and suppresses; it says why there.
+PG_APPLY = "SELECT suppressed_mobile, streak FROM numbers_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
-# SQLite has one writer at a time, so the same steps need no care for order: the counts
-# moved, the rest recounted (the SET expressions all see the row as it was, hence the
-# repeated lookup of the latest delivered one), then the suppressions, each one call over
-# the batch as JSON. Times are UTC text, which compares in time order.
-SQLITE_COUNT = """
-INSERT INTO numbers (mobile, deliveries, delivered, failed, pending)
-SELECT mobile,
-       sum(previous IS NULL),
-       sum(outcome = 'delivered') - sum(coalesce(previous = 'delivered', 0)),
-       sum(outcome = 'failed') - sum(coalesce(previous = 'failed', 0)),
-       sum(outcome = 'pending') - sum(coalesce(previous = 'pending', 0))
-FROM (
-  SELECT json_extract(value, '$[0]') AS mobile, json_extract(value, '$[1]') AS outcome,
-         json_extract(value, '$[2]') AS previous
-  FROM json_each(?)
-)
+# SQLite has one writer at a time, so the same steps need no care for order: a number seen
+# for the first time with one delivery gets its summary from that delivery, written once;
+# the others have their counts moved and the rest recounted with the same lookups (LIMIT -1
+# keeps each step from being merged into the next, which would run its lookups again); then
+# the suppressions. Each is one call over the batch as JSON: [mobile, msgid, outcome,
+# previous outcome] per change. Times are UTC text, which compares in time order.
+_SQLITE_CHANGES = """(
+  SELECT json_extract(value, '$[0]') AS mobile, json_extract(value, '$[1]') AS msgid,
+         json_extract(value, '$[2]') AS outcome, json_extract(value, '$[3]') AS previous
+  FROM json_each(:changes)
+)"""
+SQLITE_FRESH = f"""
+INSERT INTO numbers (mobile, deliveries, delivered, failed, pending, first_done_at,
+                     last_done_at, last_status, last_outcome, last_delivered_at, failure_streak)
+SELECT d.mobile, 1, d.outcome = 'delivered', d.outcome = 'failed', d.outcome = 'pending',
+       d.done_at, d.done_at, d.status, d.outcome,
+       CASE WHEN d.outcome = 'delivered' THEN d.done_at END, d.outcome = 'failed' AND d.final
+FROM {_SQLITE_CHANGES} AS c
+JOIN deliveries AS d ON d.msgid = c.msgid AND d.mobile = c.mobile
 WHERE true
-GROUP BY mobile
-ORDER BY mobile
-ON CONFLICT (mobile) DO UPDATE SET
-  deliveries = deliveries + excluded.deliveries,
-  delivered = delivered + excluded.delivered,
-  failed = failed + excluded.failed,
-  pending = pending + excluded.pending
+ON CONFLICT (mobile) DO NOTHING
+RETURNING mobile
+"""  # noqa: S608 - SQL from constants only
+SQLITE_MEND = """
+INSERT INTO numbers (mobile) SELECT value FROM json_each(:known) WHERE true
+ON CONFLICT (mobile) DO NOTHING
 """
-SQLITE_RECOUNT = """
+SQLITE_KNOWN = f"""
 UPDATE numbers SET
-  first_done_at = (
-    SELECT d.done_at FROM deliveries AS d WHERE d.mobile = numbers.mobile
-    ORDER BY d.done_at LIMIT 1
-  ),
-  (last_done_at, last_status, last_outcome) = (
-    SELECT d.done_at, d.status, d.outcome FROM deliveries AS d WHERE d.mobile = numbers.mobile
-    ORDER BY d.done_at DESC, d.msgid LIMIT 1
-  ),
-  last_delivered_at = (
-    SELECT d.done_at FROM deliveries AS d
-    WHERE d.mobile = numbers.mobile AND d.outcome = 'delivered'
-    ORDER BY d.done_at DESC LIMIT 1
-  ),
-  failure_streak = (
-    SELECT count(*) FROM deliveries AS d
-    WHERE d.mobile = numbers.mobile AND d.outcome = 'failed' AND d.final
-      AND d.done_at > max(
-        coalesce((
-          SELECT e.done_at FROM deliveries AS e
-          WHERE e.mobile = numbers.mobile AND e.outcome = 'delivered'
-          ORDER BY e.done_at DESC LIMIT 1
-        ), ''),
-        coalesce(numbers.lifted_at, '')
+  deliveries = s.deliveries,
+  delivered = numbers.delivered + s.d_delivered,
+  failed = numbers.failed + s.d_failed,
+  pending = numbers.pending + s.d_pending,
+  first_done_at = s.first_done_at,
+  last_done_at = s.last_done_at,
+  last_status = s.last_status,
+  last_outcome = s.last_outcome,
+  last_delivered_at = s.last_delivered_at,
+  failure_streak = s.failure_streak
+FROM (
+  SELECT b.*,
+         CASE WHEN b.last_done_at IS NULL OR b.last_delivered_at = b.last_done_at
+                   OR b.last_done_at <= b.lifted_at THEN 0
+              ELSE (SELECT count(*) FROM deliveries AS d
+                    WHERE d.mobile = b.mobile AND d.outcome || '' = 'failed' AND d.final
+                      AND d.done_at > max(coalesce(b.last_delivered_at, ''),
+                                          coalesce(b.lifted_at, '')))
+         END AS failure_streak
+  FROM (
+    SELECT a.*,
+           CASE WHEN a.deliveries = 1 THEN a.last_done_at
+                ELSE (SELECT d.done_at FROM deliveries AS d WHERE d.mobile = a.mobile
+                      ORDER BY d.done_at LIMIT 1)
+           END AS first_done_at,
+           CASE WHEN a.last_outcome = 'delivered' THEN a.last_done_at
+                ELSE (SELECT d.done_at FROM deliveries AS d
+                      WHERE d.mobile = a.mobile AND d.outcome || '' = 'delivered'
+                      ORDER BY d.done_at DESC LIMIT 1)
+           END AS last_delivered_at
+    FROM (
+      SELECT g.mobile, cur.deliveries + g.d_deliveries AS deliveries, g.d_delivered,
+             g.d_failed, g.d_pending, cur.lifted_at, latest.done_at AS last_done_at,
+             latest.status AS last_status, latest.outcome AS last_outcome
+      FROM (
+        SELECT mobile,
+               sum(previous IS NULL) AS d_deliveries,
+               sum(outcome = 'delivered') - sum(coalesce(previous = 'delivered', 0))
+                 AS d_delivered,
+               sum(outcome = 'failed') - sum(coalesce(previous = 'failed', 0)) AS d_failed,
+               sum(outcome = 'pending') - sum(coalesce(previous = 'pending', 0)) AS d_pending
+        FROM {_SQLITE_CHANGES}
+        WHERE mobile IN (SELECT value FROM json_each(:known))
+        GROUP BY mobile
+      ) AS g
+      JOIN numbers AS cur ON cur.mobile = g.mobile
+      LEFT JOIN deliveries AS latest ON latest.rowid = (
+        SELECT d.rowid FROM deliveries AS d WHERE d.mobile = g.mobile
+        ORDER BY d.done_at DESC, d.msgid LIMIT 1
       )
-  )
-WHERE mobile IN (SELECT json_extract(value, '$[0]') FROM json_each(?))
-"""
+      LIMIT -1
+    ) AS a
+    LIMIT -1
+  ) AS b
+  LIMIT -1
+) AS s
+WHERE numbers.mobile = s.mobile
+"""  # noqa: S608 - SQL from constants only
 SQLITE_SUPPRESS = """
 UPDATE numbers
-SET suppressed_source = 'automatic', suppressed_reason = ?, suppressed_since = ?
-WHERE mobile IN (SELECT json_extract(value, '$[0]') FROM json_each(?))
-  AND suppressed_since IS NULL AND failure_streak >= ?
+SET suppressed_source = 'automatic', suppressed_reason = :reason, suppressed_since = :at
+WHERE mobile IN (SELECT value FROM json_each(:mobiles))
+  AND suppressed_since IS NULL AND failure_streak >= :threshold
 RETURNING mobile, failure_streak
 """
 
@@ -188,27 +148,58 @@ class NumberSummaries:
     async def apply_postgres(
         self, connection: Any, changes: Sequence[DeliveryChange]
     ) -> AfterCommit | None:
-        mobiles = [c.state.mobile for c in changes]
-        outcomes = [c.state.outcome for c in changes]
-        previous = [None if c.previous is None else c.previous.outcome for c in changes]
-        await connection.execute(PG_COUNT, mobiles, outcomes, previous)
+        states = [c.state for c in changes]
         suppressed = await connection.fetch(
-            PG_RECOUNT, mobiles, self.suppress_after, self.reason, self.clock()
+            PG_APPLY,
+            [s.mobile for s in states],
+            [s.status for s in states],
+            [s.outcome for s in states],
+            [s.final for s in states],
+            [s.done_at for s in states],
+            [None if c.previous is None else c.previous.outcome for c in changes],
+            self.suppress_after,
+            self.reason,
+            self.clock(),
         )
         return self._announce([(row[0], row[1]) for row in suppressed])
 
     def apply_sqlite(
         self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
     ) -> AfterCommit | None:
-        rows = json.dumps(
-            [(c.state.mobile, c.state.outcome, c.previous and c.previous.outcome) for c in changes]
+        per_number = Counter(c.state.mobile for c in changes)
+        first_seen = [
+            (c.state.mobile, c.state.msgid)
+            for c in changes
+            if c.previous is None and per_number[c.state.mobile] == 1
+        ]
+        fresh = set()
+        if first_seen:
+            inserted = connection.execute(SQLITE_FRESH, {"changes": json.dumps(first_seen)})
+            fresh = {row[0] for row in inserted}
+        changes_json = json.dumps(
+            [
+                (c.state.mobile, c.state.msgid, c.state.outcome, c.previous and c.previous.outcome)
+                for c in changes
+                if c.state.mobile not in fresh
+            ]
         )
-        connection.execute(SQLITE_COUNT, (rows,))
-        connection.execute(SQLITE_RECOUNT, (rows,))
+        known = json.dumps(sorted(per_number.keys() - fresh))
+        if len(per_number) > len(fresh):
+            # A number first seen with several deliveries gets its row here (and a number
+            # with deliveries but no row, which should not be, is mended).
+            connection.execute(SQLITE_MEND, {"known": known})
+            connection.execute(SQLITE_KNOWN, {"changes": changes_json, "known": known})
         if self.suppress_after is None:
             return None
-        at = _sqlite_time(self.clock())
-        cursor = connection.execute(SQLITE_SUPPRESS, (self.reason, at, rows, self.suppress_after))
+        cursor = connection.execute(
+            SQLITE_SUPPRESS,
+            {
+                "mobiles": json.dumps(list(per_number)),
+                "reason": self.reason,
+                "at": _sqlite_time(self.clock()),
+                "threshold": self.suppress_after,
+            },
+        )
         return self._announce(cursor.fetchall())
 
     def _announce(self, suppressed: list[tuple[str, int]]) -> AfterCommit | None:

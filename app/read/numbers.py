@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, or_, select
+from sqlalchemy import ColumnElement, Row, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.errors import InvalidParameters
@@ -97,21 +97,48 @@ class NumberFilters:
         return conditions
 
 
-# Highest failure streak first, then mobile: the order of ix_numbers_failure_streak_mobile.
+# Highest failure streak first, then mobile.
 LIST_ORDER = (Number.failure_streak.desc(), Number.mobile)
 
 
-def _position(cursor: str, key: bytes, identity: dict[str, Any]) -> list[Any]:
+def _position(cursor: str, key: bytes, identity: dict[str, Any]) -> tuple[int, str]:
     position = decode_cursor(key, cursor, identity)
     if (
         len(position) == 2
         and type(position[0]) is int
+        and position[0] >= 0
         and isinstance(position[1], str)
         and len(position[1]) <= 16
     ):
-        return position
+        return position[0], position[1]
     # Signed by us, yet not a position of this list (another list's cursor, say).
     raise InvalidParameters(errors=[{"field": "cursor", "message": "is not a cursor of this list"}])
+
+
+def _ranges(filters: NumberFilters, after: tuple[int, str] | None) -> list[Select[Any]]:
+    """The list from `after` on (from the start when None), as ranges of indexes to read one
+    after the other. The order mixes directions, so no single row comparison finds a place
+    in it; and only numbers with a streak are in the streak index (the others follow it in
+    primary key order). Suppressed numbers have an index of their own, in list order."""
+    n = Number
+    base = select(n).where(*filters.where())
+    failing = n.failure_streak > 0
+    rest: list[Select[Any]] = []
+    if after is not None:
+        streak, mobile = after
+        same = base.where(n.failure_streak == streak, n.mobile > mobile)
+        if streak > 0 and filters.suppressed is not True:
+            same = same.where(failing)  # said outright, so the planners use the streak index
+        rest.append(same.order_by(n.mobile))
+        if streak == 0:
+            return rest
+        base = base.where(n.failure_streak < streak)
+    if filters.suppressed is True:
+        return [*rest, base.order_by(*LIST_ORDER)]
+    rest.append(base.where(failing).order_by(*LIST_ORDER))
+    if not filters.failure_streak_min:
+        rest.append(base.where(n.failure_streak == 0).order_by(n.mobile))
+    return rest
 
 
 async def find_numbers(
@@ -124,18 +151,12 @@ async def find_numbers(
 ) -> tuple[Sequence[Number], str | None]:
     """One page of matching numbers and the cursor of the next page (None at the end)."""
     want = limit + 1  # one row more than asked says whether another page follows
-    base = select(Number).where(*filters.where())
-    if cursor is None:
-        rows = list((await session.scalars(base.order_by(*LIST_ORDER).limit(want))).all())
-    else:
-        streak, mobile = _position(cursor, key, filters.identity())
-        # The order mixes directions, so no single row comparison finds the place; two
-        # ranges of the index do: the rest of this streak, then the lower streaks.
-        same = base.where(Number.failure_streak == streak, Number.mobile > mobile)
-        rows = list((await session.scalars(same.order_by(Number.mobile).limit(want))).all())
-        if len(rows) < want:
-            lower = base.where(Number.failure_streak < streak).order_by(*LIST_ORDER)
-            rows += (await session.scalars(lower.limit(want - len(rows)))).all()
+    after = None if cursor is None else _position(cursor, key, filters.identity())
+    rows: list[Number] = []
+    for part in _ranges(filters, after):
+        rows += (await session.scalars(part.limit(want - len(rows)))).all()
+        if len(rows) == want:
+            break
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
@@ -146,19 +167,15 @@ async def find_numbers(
 async def stream_numbers(
     engine: AsyncEngine, filters: NumberFilters, batch: int = 500
 ) -> AsyncGenerator[Sequence[Row[Any]], None]:
-    """Every matching number in the list order (CSV_COLUMNS), `batch` rows at a time, from a
-    server-side cursor."""
-    table = Number.__table__
-    stmt = (
-        select(*(table.c[name] for name in CSV_COLUMNS))
-        .where(*filters.where())
-        .order_by(*LIST_ORDER)
-        .execution_options(yield_per=batch)
-    )
+    """Every matching number in the list order (CSV_COLUMNS), `batch` rows at a time, from
+    server-side cursors over the list's index ranges: no sort of the whole table first."""
+    columns = [Number.__table__.c[name] for name in CSV_COLUMNS]
     async with engine.connect() as connection:
-        result = await connection.stream(stmt)
-        async for rows in result.partitions():
-            yield rows
+        for part in _ranges(filters, None):
+            stmt = part.with_only_columns(*columns).execution_options(yield_per=batch)
+            result = await connection.stream(stmt)
+            async for rows in result.partitions():
+                yield rows
 
 
 SUPPRESSIONS = {"list": "suppressions"}
