@@ -59,8 +59,10 @@ GROUP BY mobile
 # in mobile order (no deadlock), and only then reads deliveries in a new statement (each
 # statement of a function takes a new snapshot), which sees every delivery committed by whoever
 # held the lock before: the last writer to commit has counted everything.
-# 1. A number seen for the first time with one delivery (most numbers of a campaign): its
-#    summary is that delivery's, written once.
+# 1. Rows for the numbers seen for the first time, in mobile order: one with a single
+#    delivery (most numbers of a campaign) gets that delivery's summary, written once.
+#    (Inserting them all in one ordered statement, and then locking the known ones in order,
+#    keeps two writers from each waiting for a row the other holds.)
 # 2. Known numbers: locked in order, their counts moved by the batch's changes, the rest
 #    recounted (a done_at can move back, a delivered report resets the streak) by index
 #    lookups on (mobile, done_at desc, msgid): the latest delivery always; the earliest only
@@ -88,36 +90,44 @@ DECLARE
   fresh varchar[];
   known varchar[];
 BEGIN
+  -- Every number of the batch gets its row here, in mobile order: a number first seen with
+  -- one delivery the summary of that delivery, any other new one an empty row for step 2.
   WITH inserted AS (
     INSERT INTO numbers (mobile, deliveries, delivered, failed, pending, first_done_at,
                          last_done_at, last_status, last_outcome, last_delivered_at,
                          failure_streak)
-    -- One row per group: the aggregates are that change's values.
-    SELECT mobile, 1,
-           count(*) FILTER (WHERE outcome = 'delivered'),
-           count(*) FILTER (WHERE outcome = 'failed'),
-           count(*) FILTER (WHERE outcome = 'pending'),
-           min(done_at), min(done_at), min(status), min(outcome),
-           min(done_at) FILTER (WHERE outcome = 'delivered'),
-           count(*) FILTER (WHERE outcome = 'failed' AND final)
-    FROM unnest(batch_mobiles, batch_statuses, batch_outcomes, batch_finals, batch_done_at,
-                batch_previous) AS c(mobile, status, outcome, final, done_at, previous)
-    GROUP BY mobile
-    HAVING count(*) = 1 AND bool_and(previous IS NULL)
+    SELECT mobile, CASE WHEN single THEN 1 ELSE 0 END,
+           CASE WHEN single THEN delivered ELSE 0 END,
+           CASE WHEN single THEN failed ELSE 0 END,
+           CASE WHEN single THEN pending ELSE 0 END,
+           CASE WHEN single THEN done_at END, CASE WHEN single THEN done_at END,
+           CASE WHEN single THEN status END, CASE WHEN single THEN outcome END,
+           CASE WHEN single THEN delivered_at END,
+           CASE WHEN single THEN streak ELSE 0 END
+    FROM (
+      -- For a group of one change, the aggregates are that change's values.
+      SELECT mobile, count(*) = 1 AND bool_and(previous IS NULL) AS single,
+             count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
+             count(*) FILTER (WHERE outcome = 'failed') AS failed,
+             count(*) FILTER (WHERE outcome = 'pending') AS pending,
+             min(done_at) AS done_at, min(status) AS status, min(outcome) AS outcome,
+             min(done_at) FILTER (WHERE outcome = 'delivered') AS delivered_at,
+             count(*) FILTER (WHERE outcome = 'failed' AND final) AS streak
+      FROM unnest(batch_mobiles, batch_statuses, batch_outcomes, batch_finals, batch_done_at,
+                  batch_previous) AS c(mobile, status, outcome, final, done_at, previous)
+      GROUP BY mobile
+    ) AS g
     ORDER BY mobile
     ON CONFLICT (mobile) DO NOTHING
-    RETURNING mobile
+    RETURNING mobile, deliveries
   )
-  SELECT array_agg(mobile) INTO fresh FROM inserted;
+  SELECT array_agg(mobile) FILTER (WHERE deliveries = 1) INTO fresh FROM inserted;
 
   known := ARRAY(
     SELECT DISTINCT m FROM unnest(batch_mobiles) AS m
     WHERE fresh IS NULL OR m <> ALL(fresh) ORDER BY 1
   );
   IF cardinality(known) > 0 THEN
-    -- A number first seen with several deliveries gets its row here (and a number with
-    -- deliveries but no row, which should not be, is mended).
-    INSERT INTO numbers (mobile) SELECT unnest(known) ON CONFLICT (mobile) DO NOTHING;
     PERFORM 1 FROM numbers WHERE mobile = ANY(known) ORDER BY mobile FOR UPDATE;
     UPDATE numbers AS n SET
       deliveries = s.deliveries,
