@@ -4,6 +4,7 @@ from it (retention, repair), and finding the summaries that differ from it (chec
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -19,7 +20,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.engine import insert_for
 from app.db.models import Delivery, Number
@@ -165,3 +166,32 @@ def mismatches() -> CompoundSelect[Any]:
         ~select(n.mobile).where(n.mobile == counted.c.mobile).exists()
     )
     return differing.union_all(claims, missing)
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """What check() found: the numbers whose summary differed, and whether it repaired them
+    (then `remaining` are those that still differ, which a concurrent change can cause)."""
+
+    differing: list[str]
+    repaired: bool = False
+    remaining: list[str] = field(default_factory=list)
+
+
+async def check(engine: AsyncEngine, *, repair: bool = False, chunk: int = 500) -> CheckResult:
+    """Compare every number's summary with a recount from deliveries; with `repair`, rewrite
+    the differing ones from the recount (`chunk` numbers per transaction) and look again."""
+
+    async def differing() -> list[str]:
+        async with engine.connect() as connection:
+            return sorted(set((await connection.execute(mismatches())).scalars()))
+
+    result = CheckResult(await differing())
+    if not repair or not result.differing:
+        return result
+    for start in range(0, len(result.differing), chunk):
+        async with engine.begin() as connection:
+            await refresh(connection, result.differing[start : start + chunk])
+    result.repaired = True
+    result.remaining = await differing()
+    return result
