@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from app.db.engine import create_engine
 from app.db.migrate import upgrade
 from app.db.models import Delivery, Report
+from app.db.numbers import check
 from app.db.retention import purge
 from tests.conftest import PG_ADMIN_URL, ROOT, _pg_admin, report
 from tests.helpers import consistency_problems
@@ -172,6 +173,16 @@ EXPECTED = {
 }
 
 
+async def differing(database_url: str) -> list[str]:
+    """The numbers check-numbers would report (these deliveries have no reports, so the
+    whole consistency check does not apply)."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        return (await check(engine)).differing
+    finally:
+        await engine.dispose()
+
+
 async def _summaries(database_url: str) -> dict[str, Any]:
     from tests.conftest import make_settings, running_app
 
@@ -202,7 +213,7 @@ def test_the_migration_builds_summaries_for_deliveries_stored_before_it(tmp_path
             connection.execute(insert_old(["?"] * 12), (*row[:9], done, done, done))
     upgrade(url)
     assert asyncio.run(_summaries(url)) == EXPECTED
-    assert consistency_problems(url) == []
+    assert asyncio.run(differing(url)) == []
 
 
 def test_the_migration_builds_summaries_on_postgresql(postgres_url: str) -> None:
@@ -226,6 +237,6 @@ def test_the_migration_builds_summaries_on_postgresql(postgres_url: str) -> None
         asyncio.run(insert())
         upgrade(url)
         assert asyncio.run(_summaries(url)) == EXPECTED
-        assert consistency_problems(url) == []
+        assert asyncio.run(differing(url)) == []
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
