@@ -193,6 +193,7 @@ def cmd_simulate_gateway(args: argparse.Namespace, _: Settings | None) -> int:
         first_id=args.first_id,
         seed=args.seed,
         force_codes=dict(args.force_code or []),
+        fail_numbers=frozenset(n for group in args.fail_numbers or [] for n in group),
     )
     print(
         f"MboxII simulator on http://{args.host}:{args.port}/api/ "
@@ -325,6 +326,19 @@ def _delay(value: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _numbers(value: str) -> list[str]:
+    """`0912345678,+886922161529` -> the numbers as the gateway writes them."""
+    from app.core.mobiles import national, normalize_mobile
+
+    numbers = []
+    for part in value.split(","):
+        mobile = normalize_mobile(part.strip())
+        if mobile is None:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a Taiwan mobile number")
+        numbers.append(national(mobile))
+    return numbers
+
+
 def _forced(value: str) -> tuple[str, str]:
     interface, sep, code = value.partition(":")
     interface = interface.removesuffix(".php")
@@ -419,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="INTERFACE:CODE",
         help="answer every request of INTERFACE with CODE (e.g. SendSMS:30); repeatable",
+    )
+    sim.add_argument(
+        "--fail-numbers",
+        type=_numbers,
+        action="append",
+        metavar="N,N,...",
+        help="numbers whose every message fails (UNDELIV, EXPIRED or REJECTD); repeatable",
     )
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     sim.set_defaults(func=cmd_simulate_gateway, needs_settings=False)
