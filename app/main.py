@@ -8,37 +8,46 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
-from app.api import deliveries, messages, numbers, ops, rejected, stats
-from app.api.auth import require_api_key
+from app.api import callbacks, deliveries, messages, numbers, ops, rejected, stats
+from app.api.auth import ApiKeyMiddleware, require_api_key
+from app.api.budget import SendBudget
 from app.api.errors import install_error_handlers
+from app.api.openapi import refine
 from app.api.params import reject_nul
 from app.core import redact
 from app.core.metrics import Metrics
 from app.core.paths import route_template
 from app.core.settings import Settings, get_settings
-from app.db.engine import create_engine
+from app.dashboard.data import OverviewCache
+from app.db.engine import shown_url
+from app.db.migrate import schema_problem
 from app.db.retention import purge_periodically
 from app.db.throttle import KeyThrottle
-from app.ingest import endpoint as callbacks
-from app.ingest.numbers import NumberSummaries
-from app.ingest.writer import Writer
+from app.gateway import MboxiiClient
+from app.gateway.reconcile import Reconciler
+from app.ingest.endpoint import CallbackEndpoint
+from app.state import AppState, open_storage
 from app.web.headers import SecurityHeadersMiddleware, page_csp
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.web.overload import install_overload_answer
 
 log = logging.getLogger("mboxii_dlr")
+
+DOCS_ASSETS = "/docs/assets"
+SWAGGER_UI_FILES = str(resources.files("fastapi_offline") / "static")
 
 # Request bodies of the API and the dashboard (the largest, POST /v1/messages, is a few KiB).
 API_MAX_BODY_BYTES = 64 * 1024
@@ -53,8 +62,10 @@ questions about them.
   schedule through MboxII with this service's callback URL; reconciliation asks the gateway
   (CheckSMS) about reports that never came.
 * **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
-  `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
-  gateway zone. Errors are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
+  keys are set: a key of `DLR_API_KEYS` reads, one of `DLR_SEND_API_KEYS` also sends and
+  cancels (`403` for a read key). `/metrics` takes the same keys unless it is public.
+  Times are ISO 8601 in UTC; parameters without an offset are in the gateway zone. Errors
+  are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
   `{"error": "invalid_parameters", "errors": [{"field": "...", "message": "..."}]}`.
 * **Browsers**: set `DLR_CORS_ORIGINS` (comma separated origins) to let dashboards served
   from those origins call the read API.
@@ -70,6 +81,8 @@ class DlrApp(FastAPI):
     FastAPI as usual."""
 
     callback_app: ASGIApp
+    #: what the routes share; they read it through the dependencies in app/state.py
+    app_state: AppState
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and route_template(scope["path"]) is not None:
@@ -86,81 +99,58 @@ def create_app(
     `gateway_transport` carries the gateway client's requests elsewhere (tests)."""
     settings = settings or get_settings()
     metrics = Metrics()
+    state = AppState(
+        settings=settings,
+        metrics=metrics,
+        dashboard_cache=OverviewCache(),
+        ack_body=settings.callback_ack.encode("utf-8"),
+        send_budget=SendBudget(settings.send_rate),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-        writer = Writer(
-            engine,
-            metrics,
-            batch_size=settings.ingest_batch_size,
-            batch_delay=settings.ingest_batch_delay_ms / 1000,
-            queue_size=settings.ingest_queue_size,
-            timeout=settings.ingest_timeout_seconds,
-            effects=[NumberSummaries(metrics, settings.suppress_after_failures)],
-        )
-        app.state.engine = engine
-        app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        app.state.writer = writer
-        app.state.key_throttle = KeyThrottle(engine)
-        if not settings.callback_tokens:
-            log.warning(
-                "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
-                "without a secret; set tokens before exposing this service"
-            )
-        for name, problem in settings.weak_secrets():
-            # Production refuses these (app.core.settings); a trial setup is only told.
-            log.warning(
-                "%s holds %s, which can be guessed (DLR_ENV=production refuses it); use long "
-                "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
-                name,
-                problem,
-            )
-        # Each worker process builds its app here, so these hold for every worker.
-        redact.install(settings.secret_values)
-        install_overload_answer(settings.retry_after_seconds)
-        writer.start()
-        # Everything built so far lives as long as the process: keep it out of the cyclic
-        # garbage collector's full passes, which otherwise stall requests for tens of ms.
-        gc.collect()
-        gc.freeze()
-        purger: asyncio.Task[None] | None = None
-        if settings.retention_days:
-            interval = settings.retention_interval_seconds
-            purger = asyncio.create_task(
-                purge_periodically(
-                    engine, settings.retention_days, interval, first_delay=min(30.0, interval)
-                ),
-                name="mboxii-dlr-retention",
-            )
-        reconciler = None
-        if settings.mboxii_configured:
-            from app.gateway import MboxiiClient
-            from app.gateway.reconcile import Reconciler
-
-            gateway = MboxiiClient.from_settings(
-                settings,
-                transport=gateway_transport,
-                observe=lambda interface, result: metrics.gateway_requests.labels(
-                    interface, result
-                ).inc(),
-            )
-            app.state.gateway = gateway
-            reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)
-            app.state.reconciler = reconciler
-            reconciler.start()
-        try:
+        # Everything entered here is left in reverse order at shutdown, process-wide changes
+        # included, so an app that stopped leaves the process as it found it.
+        async with contextlib.AsyncExitStack() as stack:
+            # Each worker process builds its app here, so these hold for every worker.
+            stack.callback(redact.install(settings.secret_values))
+            stack.callback(install_overload_answer(settings.retry_after_seconds))
+            warn_about_secrets(settings)
+            state.storage = await stack.enter_async_context(open_storage(settings, metrics))
+            state.key_throttle = KeyThrottle(state.engine)
+            await report_database(state.engine, settings.database_url)
+            if settings.mboxii_configured:
+                gateway = MboxiiClient.from_settings(
+                    settings,
+                    transport=gateway_transport,
+                    observe=lambda interface, result: metrics.gateway_requests.labels(
+                        interface, result
+                    ).inc(),
+                )
+                stack.push_async_callback(gateway.aclose)
+                warn_about_plain_http(settings)
+                reconciler = Reconciler(settings, state.sessionmaker, state.writer, gateway)
+                reconciler.start()
+                stack.push_async_callback(reconciler.stop)
+                state.gateway, state.reconciler = gateway, reconciler
+            if settings.retention_days:
+                interval = settings.retention_interval_seconds
+                purger = asyncio.create_task(
+                    purge_periodically(
+                        state.engine,
+                        settings.retention_days,
+                        interval,
+                        first_delay=min(30.0, interval),
+                    ),
+                    name="mboxii-dlr-retention",
+                )
+                stack.push_async_callback(cancel_and_wait, purger)
+            # Everything built so far lives as long as the process: keep it out of the cyclic
+            # garbage collector's full passes, which otherwise stall requests for tens of ms.
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
             yield
-        finally:
-            if purger is not None:
-                purger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purger
-            if reconciler is not None:
-                await reconciler.stop()
-                await reconciler.client.aclose()
-            await writer.stop()
-            await engine.dispose()
 
     app = DlrApp(
         title="mboxii-dlr",
@@ -173,13 +163,16 @@ def create_app(
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.ack_body = settings.callback_ack.encode("utf-8")
-    install_error_handlers(app)
+    app.app_state = state
+    install_error_handlers(app, settings)
     app.include_router(ops.router)
-    # Every /v1 route sits behind the API keys; the callback path never does.
-    v1 = [Depends(require_api_key), Depends(reject_nul)]
+    # Documentation only: DlrApp serves these paths before FastAPI routes anything.
+    app.include_router(callbacks.router)
+    # Every /v1 route sits behind the API keys (when there are any); the callback path never
+    # does. ApiKeyMiddleware checks them first; the dependency documents and re-checks.
+    keys = [Depends(require_api_key)] if settings.read_keys else []
+    app.include_router(ops.metrics_router, dependencies=[] if settings.metrics_open else keys)
+    v1 = [*keys, Depends(reject_nul)]
     for router in (stats.router, rejected.router, numbers.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
@@ -188,6 +181,8 @@ def create_app(
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.
         app.include_router(messages.router, dependencies=v1)
+    # Innermost, so CORS preflights (answered outside it) need no key.
+    app.add_middleware(ApiKeyMiddleware, state=state)
     if settings.cors_origins:
         # Browser dashboards on other origins; preflights are answered here, before the
         # API key check, as browsers send them without credentials.
@@ -206,12 +201,20 @@ def create_app(
         SecurityHeadersMiddleware, no_store_prefixes=("/v1", "/healthz", "/readyz", "/metrics")
     )
     # Added last, so it is the outermost; the callback gets its own copy (see DlrApp).
-    app.add_middleware(RequestContextMiddleware, state=app.state)
-    app.callback_app = RequestContextMiddleware(callbacks.CallbackEndpoint(app.state), app.state)
+    app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics)
+    app.callback_app = RequestContextMiddleware(
+        CallbackEndpoint(state), settings=settings, metrics=metrics
+    )
 
+    # The Swagger UI's files come with the fastapi-offline package, so /docs works without
+    # reaching a CDN (offline, or behind a strict egress policy).
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_UI_FILES), name="docs-assets")
     docs = get_swagger_ui_html(
         openapi_url=app.openapi_url or "/openapi.json",
         title=f"{app.title} - API documentation",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
         # No validator badge: it would load an image from validator.swagger.io.
         swagger_ui_parameters={"validatorUrl": None},
     )
@@ -224,19 +227,54 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            # The callback is served by a lean ASGI route; document it all the same.
-            schema["paths"] = {**callbacks.OPENAPI_PATHS, **schema["paths"]}
-            app.openapi_schema = schema
+            app.openapi_schema = refine(FastAPI.openapi(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def warn_about_secrets(settings: Settings) -> None:
+    if not settings.callback_tokens:
+        log.warning(
+            "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
+            "without a secret; set tokens before exposing this service"
+        )
+    for name, problem in settings.weak_secrets():
+        # Production refuses these (app.core.settings); a trial setup is only told.
+        log.warning(
+            "%s holds %s, which can be guessed (DLR_ENV=production refuses it); use long "
+            "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            name,
+            problem,
+        )
+
+
+def warn_about_plain_http(settings: Settings) -> None:
+    if settings.mboxii_base_url.startswith("http://"):
+        log.warning(
+            "DLR_MBOXII_BASE_URL is plain http: MboxII's API speaks only HTTP on port 80, so "
+            "the account password and every message cross the network in clear; send from a "
+            "network path you trust, or use an https base URL if your gateway offers one"
+        )
+
+
+async def report_database(engine: AsyncEngine, database_url: str) -> None:
+    """Say at start-up when the database cannot serve; the app starts all the same (it
+    answers 503 meanwhile, and /readyz says why) and recovers once the database does."""
+    problem = await schema_problem(engine)
+    if problem is not None:
+        log.error(
+            "database %s: %s; serving anyway, /readyz answers 503 until this is fixed",
+            shown_url(database_url),
+            problem,
+        )
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 app = create_app()

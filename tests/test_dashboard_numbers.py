@@ -155,3 +155,28 @@ async def test_the_number_pages_need_a_login_when_keys_are_set(app_factory: Any)
         await log_in(client)
         link = number_links((await client.get("/dashboard")).text)[0]
         assert (await client.get(link)).status_code == 200
+
+
+async def test_a_read_key_may_look_but_not_suppress(app_factory: Any) -> None:
+    read, send = "read-key-0123456789abcdef", "send-key-0123456789abcdef"
+    async with app_factory(api_keys=[read], send_api_keys=[send]) as (_, client):
+        await seed(client)
+        await log_in(client, read)
+        link = number_links((await client.get("/dashboard")).text)[0]
+        path, ref = link.split("?")[0], parse_qs(urlsplit(link).query)["ref"][0]
+        html = (await client.get(link)).text
+        assert "needs a key that may send" in html and "/suppress" not in html
+        token = csrf_of(html)
+        r = await client.post(f"{path}/suppress", data={"ref": ref, "reason": "x", "csrf": token})
+        assert (r.status_code, "Not with this key" in r.text) == (403, True)
+        r = await client.post(f"{path}/lift", data={"ref": ref, "csrf": token})
+        assert r.status_code == 403
+        numbers = await client.get("/v1/numbers/0933444001", headers={"x-api-key": read})
+        assert numbers.json()["suppressed"] is None
+
+        await log_in(client, send)
+        html = (await client.get(link)).text
+        r = await client.post(
+            f"{path}/suppress", data={"ref": ref, "reason": "x", "csrf": csrf_of(html)}
+        )
+        assert r.status_code == 303

@@ -204,8 +204,8 @@ async def test_suppress_by_hand_lift_and_list(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     await seed(client)
-    with caplog.at_level(logging.INFO, "mboxii_dlr.numbers"):
-        put = await client.put("/v1/suppressions/+886911000001", json={"reason": " asked us "})
+    caplog.set_level(logging.INFO, "mboxii_dlr.numbers")
+    put = await client.put("/v1/suppressions/+886911000001", json={"reason": " asked us "})
     assert put.status_code == 200, put.text
     one = put.json()
     assert (one["mobile"], one["failure_streak"]) == ("+886911000001", 3)
@@ -313,3 +313,23 @@ async def test_the_openapi_document_describes_section_5(client: httpx.AsyncClien
     assert schemas["NumberRead"]["example"]["failure_streak"] == 5
     assert "recent" in schemas["NumberDetail"]["properties"]
     assert "example" in schemas["SuppressionCreate"]
+
+
+async def test_suppression_writes_need_a_send_key(app_factory: Any) -> None:
+    read, send = "read-key-0123456789abcdef", "send-key-0123456789abcdef"
+    async with app_factory(api_keys=[read], send_api_keys=[send]) as (_, client):
+        as_reader = {"x-api-key": read}
+        as_sender = {"authorization": f"Bearer {send}"}
+        body = {"reason": "asked"}
+        r = await client.put("/v1/suppressions/0911000001", json=body, headers=as_reader)
+        assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+        r = await client.put("/v1/suppressions/0911000001", json=body, headers=as_sender)
+        assert r.status_code == 200
+        # reading needs any key; a read key cannot lift
+        assert (await client.get("/v1/suppressions", headers=as_reader)).status_code == 200
+        assert (await client.get("/v1/numbers/0911000001", headers=as_reader)).status_code == 200
+        r = await client.delete("/v1/suppressions/0911000001", headers=as_reader)
+        assert r.status_code == 403
+        r = await client.delete("/v1/suppressions/0911000001", headers=as_sender)
+        assert r.status_code == 200
+        assert (await client.get("/v1/numbers")).status_code == 401

@@ -7,9 +7,13 @@ import datetime as dt
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.auth import require_send_key
+from app.api.budget import SendBudget
 from app.api.errors import error_responses
+from app.api.params import IDENTIFIER_PATTERN, check_identifier, parse_instant, pattern
 from app.api.schemas import (
     AllSuppressedRead,
     GatewayErrorRead,
@@ -20,16 +24,13 @@ from app.api.schemas import (
     ValidationErrorRead,
 )
 from app.core import errors
-from app.core.settings import Settings
-from app.db.engine import SessionDep
 from app.db.models import Send
-from app.gateway import GatewayBadAnswer as BadAnswer
 from app.gateway import (
     GatewayError,
     GatewayRefused,
     GatewayTimeout,
     InvalidMessage,
-    MboxiiClient,
+    UnreadableAnswer,
     prepare_message,
 )
 from app.gateway.sends import (
@@ -42,13 +43,19 @@ from app.gateway.sends import (
     record_send,
 )
 from app.gateway.suppressions import suppressed_among
+from app.state import GatewayDep, SessionDep, SettingsDep, get_state
 
 log = logging.getLogger("mboxii_dlr.messages")
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
 BatchPath = Annotated[
-    str, Path(description="The gateway's ID of the send", examples=["123456"], max_length=64)
+    str,
+    Path(
+        description="The gateway's ID of the send",
+        examples=["123456"],
+        json_schema_extra=pattern(IDENTIFIER_PATTERN),
+    ),
 ]
 TypeQuery = Annotated[
     MessageType | None,
@@ -69,12 +76,35 @@ def api_error(exc: GatewayError) -> errors.ApiError:
         )
     if isinstance(exc, GatewayTimeout):
         return errors.GatewayTimedOut(exc.message, **common)
-    if isinstance(exc, BadAnswer):
+    if isinstance(exc, UnreadableAnswer):
         return errors.GatewayBadAnswer(exc.message, **common)
     return errors.GatewayUnreachable(exc.message, **common)
 
 
-async def message_view(session: SessionDep, send: Send) -> dict[str, Any]:
+def spend_budget(request: Request, count: int) -> None:
+    """Take `count` messages from the caller's key's budget, or refuse with 429 (or 422 for
+    a send larger than a whole minute's budget, which could never pass)."""
+    budget: SendBudget = get_state(request).send_budget
+    if count > budget.rate:
+        raise errors.InvalidParameters(
+            errors=[
+                {
+                    "field": "numbers",
+                    "message": f"more numbers than DLR_SEND_RATE allows per minute ({budget.rate})",
+                }
+            ]
+        )
+    key = request.scope.get("state", {}).get("api_key") or "open"
+    wait = budget.take(key, count)
+    if wait is not None:
+        log.warning("send refused: key %s is over its budget of %d a minute", key, budget.rate)
+        raise errors.TooManyRequests(
+            f"this key may send {budget.rate} messages a minute; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+async def message_view(session: AsyncSession, send: Send) -> dict[str, Any]:
     numbers = await numbers_of(session, send.id)
     pending = 0 if send.cancelled_at else len(await pending_numbers(session, send.id))
     return {
@@ -98,8 +128,9 @@ async def message_view(session: SessionDep, send: Send) -> dict[str, Any]:
     status_code=201,
     response_model=MessageSent,
     summary="Send a message now, or schedule it",
+    dependencies=[Depends(require_send_key)],
     responses={
-        **error_responses(401, 422, 503),
+        **error_responses(400, 401, 403, 422, 429, 503),
         422: {
             "model": ValidationErrorRead | AllSuppressedRead,
             "description": "Invalid parameters (`invalid_parameters`), or every number is "
@@ -109,22 +140,27 @@ async def message_view(session: SessionDep, send: Send) -> dict[str, Any]:
     },
 )
 async def create_message(
-    body: MessageCreate, request: Request, response: Response, session: SessionDep
+    body: MessageCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    client: GatewayDep,
 ) -> dict[str, Any]:
     """Check the message against the gateway's rules, send or schedule it, and record it.
 
     Suppressed numbers (GET /v1/suppressions) are left out and listed in `suppressed`; when
     every number is suppressed nothing is sent (`422 all_numbers_suppressed`).
     `include_suppressed: true` sends to them anyway."""
-    settings: Settings = request.app.state.settings
     now = dt.datetime.now(dt.UTC)
+    send_at = parse_instant("send_at", body.send_at, settings.zone)
     try:
         message = prepare_message(
             body.numbers,
             body.text,
             zone=settings.zone,
             now=now,
-            send_at=body.send_at,
+            send_at=send_at,
             language=body.language,
         )
     except InvalidMessage as exc:
@@ -134,7 +170,7 @@ async def create_message(
         suppressed = await suppressed_among(session, message.numbers)
         skipped = [mobile for mobile in message.numbers if mobile in suppressed]
         if skipped:
-            request.app.state.metrics.sends_skipped.inc(len(skipped))
+            get_state(request).metrics.sends_skipped.inc(len(skipped))
             log.info("%d suppressed numbers left out of a send", len(skipped))
         if len(skipped) == len(message.numbers):
             raise errors.AllNumbersSuppressed(
@@ -145,7 +181,7 @@ async def create_message(
         if skipped:
             kept = tuple(m for m in message.numbers if m not in suppressed)
             message = dataclasses.replace(message, numbers=kept)
-    client: MboxiiClient = request.app.state.gateway
+    spend_budget(request, len(message.numbers))
     try:
         result = await client.send(message, settings.callback_url)
     except GatewayError as exc:
@@ -156,6 +192,9 @@ async def create_message(
         send = await record_send(
             session, message, result, created_at=now, next_check_at=first_check
         )
+        # Committed here rather than by SessionDep after the handler: the gateway has sent
+        # the message, so the answer must say whether this service recorded it.
+        await session.commit()
     except DuplicateSend:
         log.error(
             "the gateway reused the %s ID %s; the send is not recorded",
@@ -189,6 +228,7 @@ async def create_message(
 @router.get(
     "/messages/{batch_id}",
     response_model=MessageRead,
+    operation_id="read_message",
     summary="One send",
     responses=error_responses(401, 404, 409, 422),
 )
@@ -196,19 +236,23 @@ async def read_message(
     session: SessionDep, batch_id: BatchPath, type: TypeQuery = None
 ) -> dict[str, Any]:
     """Show a recorded send and how many of its numbers still wait for a final report."""
+    check_identifier("batch_id", batch_id)
     return await message_view(session, await get_send(session, batch_id, type))
 
 
 @router.delete(
     "/messages/{batch_id}",
     response_model=MessageRead,
+    operation_id="cancel_message",
     summary="Cancel a scheduled send",
-    responses={**error_responses(401, 404, 409, 422), **GATEWAY_RESPONSES},
+    dependencies=[Depends(require_send_key)],
+    responses={**error_responses(401, 403, 404, 409, 422), **GATEWAY_RESPONSES},
 )
 async def cancel_message(
-    request: Request, session: SessionDep, batch_id: BatchPath, type: TypeQuery = None
+    session: SessionDep, client: GatewayDep, batch_id: BatchPath, type: TypeQuery = None
 ) -> dict[str, Any]:
     """Cancel a scheduled send at the gateway (SendTimeSMS D=Y) before it goes out."""
+    check_identifier("batch_id", batch_id)
     sends = await find_sends(session, batch_id, type)
     if not sends:
         raise errors.NotFound(f"no recorded send with ID {batch_id!r}")
@@ -220,12 +264,13 @@ async def cancel_message(
     now = dt.datetime.now(dt.UTC)
     if scheduled.send_at is not None and scheduled.send_at <= now:
         raise errors.NotCancellable("this scheduled send has already gone out")
-    client: MboxiiClient = request.app.state.gateway
     try:
         await client.cancel(batch_id)
     except GatewayError as exc:
         log.warning("cancel of %s refused: %s", batch_id, exc.message)
         raise api_error(exc) from None
-    await mark_cancelled(session, scheduled, now)
+    if not await mark_cancelled(session, scheduled, now):
+        # Another request cancelled it while the gateway answered this one.
+        raise errors.NotCancellable("this scheduled send is already cancelled")
     log.info("scheduled send %s cancelled", batch_id)
     return await message_view(session, scheduled)

@@ -5,16 +5,26 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
+from app.api.auth import require_send_key
 from app.api.errors import error_responses
-from app.api.params import invalid, parse_instant, parse_mobile
+from app.api.params import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    INSTANT_DESCRIPTION,
+    INSTANT_PATTERN,
+    MOBILE_SCHEMA,
+    check_cursor,
+    invalid,
+    parse_instant,
+    parse_mobile,
+    pattern,
+)
 from app.api.schemas import DELIVERY_EXAMPLE, DeliveryRead, Outcome, UtcTime
 from app.core.errors import NotFound
-from app.core.settings import Settings
-from app.db.engine import SessionDep
 from app.gateway.suppressions import REASON_MAX_LENGTH, lift, suppress
 from app.read.csvexport import CsvResponse, csv_chunks
 from app.read.cursors import cursor_key
@@ -27,6 +37,7 @@ from app.read.numbers import (
     number_view,
     stream_numbers,
 )
+from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["numbers"])
 
@@ -141,15 +152,15 @@ MobilePath = Annotated[
     str,
     Path(
         description="A Taiwan mobile number in any accepted form (`0912345678`, "
-        "`+886912345678`, `886912345678`, `912345678`, `+886 0912-345-678`)",
+        "`+886912345678`, `886912345678`, `912345678`, with spaces, dots or dashes)",
         examples=["0912345678"],
-        max_length=64,
+        json_schema_extra=dict(MOBILE_SCHEMA),
     ),
 ]
 
 
 def number_filters(
-    request: Request,
+    settings: SettingsDep,
     failure_streak_min: Annotated[
         int | None,
         Query(
@@ -166,22 +177,23 @@ def number_filters(
     last_done_from: Annotated[
         str | None,
         Query(
-            description="Only numbers whose latest `done_at` is at or after this time "
-            "(ISO 8601; without an offset it is in the gateway zone)",
+            description="Only numbers whose latest `done_at` is at or after this time. "
+            + INSTANT_DESCRIPTION,
             examples=["2026-11-01T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
         ),
     ] = None,
     last_done_to: Annotated[
         str | None,
         Query(
-            description="Only numbers whose latest `done_at` is before this time (exclusive; "
-            "ISO 8601, without an offset in the gateway zone)",
+            description="Only numbers whose latest `done_at` is before this time (exclusive). "
+            + INSTANT_DESCRIPTION,
             examples=["2026-12-01T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
         ),
     ] = None,
 ) -> NumberFilters:
     """Parse the filters shared by the list and the CSV export."""
-    settings: Settings = request.app.state.settings
     start = parse_instant("last_done_from", last_done_from, settings.zone)
     end = parse_instant("last_done_to", last_done_to, settings.zone)
     if start is not None and end is not None and start >= end:
@@ -197,7 +209,8 @@ CursorQuery = Annotated[
     str | None,
     Query(
         description="`next_cursor` of the previous page. Send the same filters with it "
-        "(only `limit` may change); a cursor from other filters, or altered, is a 422"
+        "(only `limit` may change); a cursor from other filters, or altered, is a 422",
+        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
     ),
 ]
 
@@ -209,7 +222,7 @@ CursorQuery = Annotated[
     responses=error_responses(401, 422, 503),
 )
 async def list_numbers(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     filters: FiltersDep,
     limit: LimitQuery = 100,
@@ -220,8 +233,10 @@ async def list_numbers(
 
     Following `next_cursor` until it is null visits every number that matched when the
     walk began once, unless its streak changed during the walk."""
-    key = cursor_key(request.app.state.settings)
-    rows, next_cursor = await find_numbers(session, filters, limit=limit, cursor=cursor, key=key)
+    key = cursor_key(settings)
+    rows, next_cursor = await find_numbers(
+        session, filters, limit=limit, cursor=check_cursor(cursor), key=key
+    )
     return {"items": [number_view(row) for row in rows], "next_cursor": next_cursor}
 
 
@@ -244,13 +259,13 @@ CSV_EXAMPLE = (
         **error_responses(401, 422, 503),
     },
 )
-async def export_numbers(request: Request, filters: FiltersDep) -> CsvResponse:
+async def export_numbers(state: StateDep, filters: FiltersDep) -> CsvResponse:
     """Download every number that matches the filters (those of the list; no `limit` or
     `cursor`) as CSV: the Number's fields, its `suppressed` object as the three columns
     `suppressed_source`, `suppressed_reason` and `suppressed_since` (empty when it is not
     suppressed). Written like the deliveries export (UTF-8, RFC 4180, times in UTC, cells
     a spreadsheet would run as a formula prefixed with `'`), streamed as it is read."""
-    batches = stream_numbers(request.app.state.engine, filters)
+    batches = stream_numbers(state.engine, filters)
     # The query runs before the 200, so an unreachable database is an error answer.
     first = await anext(batches, None)
     return CsvResponse(csv_chunks(CSV_COLUMNS, first, batches), filename="numbers.csv")
@@ -280,11 +295,13 @@ async def read_number(session: SessionDep, mobile: MobilePath) -> dict[str, Any]
     responses=error_responses(401, 422, 503),
 )
 async def list_suppressions(
-    request: Request, session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
+    settings: SettingsDep, session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
 ) -> dict[str, Any]:
     """The numbers no message goes to, latest suppressed first."""
-    key = cursor_key(request.app.state.settings)
-    rows, next_cursor = await find_suppressions(session, limit=limit, cursor=cursor, key=key)
+    key = cursor_key(settings)
+    rows, next_cursor = await find_suppressions(
+        session, limit=limit, cursor=check_cursor(cursor), key=key
+    )
     return {"items": [number_view(row) for row in rows], "next_cursor": next_cursor}
 
 
@@ -292,19 +309,20 @@ async def list_suppressions(
     "/suppressions/{mobile}",
     response_model=NumberRead,
     summary="Suppress a number",
-    responses=error_responses(401, 422, 503),
+    dependencies=[Depends(require_send_key)],
+    responses=error_responses(400, 401, 403, 422, 503),
 )
 async def suppress_number(
-    request: Request, session: SessionDep, mobile: MobilePath, body: SuppressionCreate
+    state: StateDep, session: SessionDep, mobile: MobilePath, body: SuppressionCreate
 ) -> dict[str, Any]:
     """Stop sending to a number: POST /v1/messages leaves it out (unless
     `include_suppressed`). A number suppressed automatically becomes a manual suppression;
-    one already suppressed by hand keeps its `since` and takes the new reason."""
+    one already suppressed by hand keeps its `since` and takes the new reason. Needs a key
+    that may send (DLR_SEND_API_KEYS)."""
     e164 = parse_mobile(mobile)
     assert e164 is not None
     now = dt.datetime.now(dt.UTC)
-    number = await suppress(session, e164, body.reason, now, request.app.state.metrics)
-    await session.commit()
+    number = await suppress(session, e164, body.reason, now, state.metrics)
     return number_view(number)
 
 
@@ -312,18 +330,19 @@ async def suppress_number(
     "/suppressions/{mobile}",
     response_model=NumberRead,
     summary="Lift a suppression",
-    responses=error_responses(401, 404, 422, 503),
+    dependencies=[Depends(require_send_key)],
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def lift_suppression(
-    request: Request, session: SessionDep, mobile: MobilePath
+    state: StateDep, session: SessionDep, mobile: MobilePath
 ) -> dict[str, Any]:
     """Send to a number again (its suppression manual or automatic): its `failure_streak`
-    starts again from 0. 404 if it is not suppressed."""
+    starts again from 0. 404 if it is not suppressed. Needs a key that may send
+    (DLR_SEND_API_KEYS)."""
     e164 = parse_mobile(mobile)
     assert e164 is not None
     now = dt.datetime.now(dt.UTC)
-    number = await lift(session, e164, now, request.app.state.metrics)
+    number = await lift(session, e164, now, state.metrics)
     if number is None:
         raise NotFound("this number is not suppressed")
-    await session.commit()
     return number_view(number)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.errors import error_responses
 from app.api.schemas import HealthRead, ReadyRead
 from app.db.migrate import current_revision, head_revision
+from app.state import StateDep
 
 router = APIRouter(tags=["operations"])
+# Mounted behind the API keys unless DLR_METRICS_PUBLIC (the volumes are business figures).
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=HealthRead, summary="Liveness")
@@ -26,13 +30,13 @@ async def get_health() -> dict[str, str]:
     summary="Readiness",
     responses={503: {"model": ReadyRead, "description": "Database unreachable or not migrated"}},
 )
-async def get_readiness(request: Request) -> JSONResponse:
+async def get_readiness(state: StateDep) -> JSONResponse:
     """Answer 200 when the database answers and its schema is at the newest migration."""
     expected = head_revision()
     revision = None
     try:
         async with asyncio.timeout(3):
-            async with request.app.state.engine.connect() as connection:
+            async with state.engine.connect() as connection:
                 revision = await current_revision(connection)
         database = "ok"
     except Exception as exc:  # any failure means not ready; say which kind
@@ -49,13 +53,16 @@ async def get_readiness(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get(
+@metrics_router.get(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        **error_responses(401),
+    },
 )
-async def get_metrics(request: Request) -> Response:
+async def get_metrics(state: StateDep) -> Response:
     """Expose the service's metrics in the Prometheus text format."""
-    data = generate_latest(request.app.state.metrics.registry)
+    data = generate_latest(state.metrics.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -5,22 +5,21 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 
 from app.api.errors import error_responses
-from app.api.params import invalid
+from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
 from app.core.errors import InvalidCallback, NotFound, Unavailable
-from app.db.engine import SessionDep
+from app.db.engine import MAX_ROW_ID
 from app.db.models import Delivery, Rejected
 from app.ingest.errors import IngestUnavailable
 from app.ingest.quarantine import list_rejected, replay
 from app.read.cursors import cursor_key, decode_cursor, encode_cursor
+from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["quarantine"])
-
-MAX_ID = 2**63 - 1
 
 
 def rejected_item(row: Rejected) -> dict[str, Any]:
@@ -53,21 +52,26 @@ def rejected_item(row: Rejected) -> dict[str, Any]:
     responses=error_responses(401, 422),
 )
 async def list_quarantine(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     reason: Annotated[
         RejectReason | None, Query(description="Only requests rejected for this reason")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
     cursor: Annotated[
-        str | None, Query(description="`next_cursor` of the previous page, with the same filters")
+        str | None,
+        Query(
+            description="`next_cursor` of the previous page, with the same filters",
+            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+        ),
     ] = None,
 ) -> dict[str, Any]:
     """List quarantined callback requests, newest first."""
-    key = cursor_key(request.app.state.settings)
+    key = cursor_key(settings)
     filters = {"list": "rejected", "reason": reason}
     before_id = None
     if cursor is not None:
+        check_cursor(cursor)
         position = decode_cursor(key, cursor, filters)
         if len(position) != 1 or type(position[0]) is not int:
             raise invalid("cursor", "is not a cursor of this list")
@@ -81,6 +85,7 @@ async def list_quarantine(
 @router.post(
     "/rejected/{id}/replay",
     response_model=DeliveryRead,
+    operation_id="replay_rejected",
     summary="Replay a quarantined callback request",
     description="Validates the stored request again under the current settings, as of its "
     "original receipt time. When it passes, the report is stored through the callback's "
@@ -92,17 +97,18 @@ async def list_quarantine(
     },
 )
 async def replay_rejected(
-    request: Request,
+    state: StateDep,
     session: SessionDep,
-    id: Annotated[int, Path(ge=1, le=MAX_ID, description="The quarantine row's id", examples=[17])],
+    id: Annotated[
+        int, Path(ge=1, le=MAX_ROW_ID, description="The quarantine row's id", examples=[17])
+    ],
 ) -> DeliveryRead:
     """Validate a quarantined request again and store its report when it now passes."""
     row = await session.get(Rejected, id)
     if row is None:
         raise NotFound(f"no quarantined request #{id}")
-    state = request.app.state
     try:
-        result = await replay(state.engine, state.writer, state.settings.zone, row)
+        result = await replay(session, state.writer, state.settings.zone, row)
     except IngestUnavailable as exc:
         raise Unavailable(
             f"storage unavailable ({exc.cause}); retry later",

@@ -28,7 +28,7 @@ from app.dashboard.sessions import (
 )
 from app.dashboard.views import static_files
 from app.db.revoked import revoke
-from app.db.throttle import KeyThrottle
+from app.state import get_state
 from app.web.security import caller_address, client_key
 
 log = logging.getLogger("mboxii_dlr.dashboard")
@@ -67,7 +67,7 @@ def safe_next(target: object) -> str:
 async def show_login(request: Request, next: str = "/dashboard") -> Response:
     """Show the login form (or go on when no key is needed or the session is valid)."""
     settings = settings_of(request)
-    if not settings.api_keys or await current_session(request) is not None:
+    if not settings.read_keys or await current_session(request) is not None:
         return redirect(safe_next(next))
     return page(request, "login.html", {"next": safe_next(next), "failed": False})
 
@@ -78,11 +78,11 @@ async def log_in(request: Request) -> Response:
     settings = settings_of(request)
     form = await request.form()
     target = safe_next(form.get("next"))
-    if not settings.api_keys:
+    if not settings.read_keys:
         return redirect(target)
     if not same_origin(request):
         raise PageError(403, "Form refused", "This login form was sent from another site.")
-    throttle: KeyThrottle = request.app.state.key_throttle
+    throttle = get_state(request).key_throttle
     client = client_key(caller_address(request.scope, settings.trusted_proxies))
     # Checked before the key, so that a locked client learns nothing of its guesses.
     wait, everyone = await throttle.retry_after(client), False
@@ -97,7 +97,7 @@ async def log_in(request: Request) -> Response:
         locked.headers["Retry-After"] = str(wait)
         return locked
     given = form.get("key")
-    key = matching_key(given, settings.api_keys) if isinstance(given, str) and given else None
+    key = matching_key(given, settings.read_keys) if isinstance(given, str) and given else None
     if key is None:
         await throttle.failed(client, "login")
         log.warning("dashboard: login refused from %s (wrong API key)", client)
@@ -114,7 +114,7 @@ async def log_in(request: Request) -> Response:
 async def log_out(request: Request, session: Viewer) -> Response:
     """End the session: revoke it for every process, forget the cookie, show the login."""
     await checked_form(request, session)
-    await revoke(request.app.state.engine, session.id, session.expires)
+    await revoke(get_state(request).engine, session.id, session.expires)
     log.info("dashboard: logout (key %s)", session.key_id)
     response = redirect("/dashboard/login")
     response.delete_cookie(

@@ -24,11 +24,13 @@ from app.dashboard.pages import (
     redirect,
     settings_of,
 )
+from app.dashboard.sessions import Session
 from app.dashboard.views import delivery_ref, number_url
-from app.db.engine import SessionDep
 from app.db.models import Number
 from app.gateway.suppressions import REASON_MAX_LENGTH, lift, suppress
 from app.read.numbers import get_number
+from app.state import SessionDep, StateDep
+from app.web.security import key_id
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 
@@ -64,6 +66,24 @@ async def find_number(
     raise PageError(404, "No such number", "No delivery to this number and no suppression of it.")
 
 
+def may_send(settings: Settings, viewer: Session) -> bool:
+    """Whether the viewer's key may decide where messages go (suppress or lift), as POST and
+    DELETE /v1/suppressions require: a send key, or no keys at all."""
+    if not settings.read_keys:
+        return True
+    return viewer.key_id in {key_id(k.get_secret_value()) for k in settings.send_api_keys}
+
+
+def _require_send(settings: Settings, viewer: Session) -> None:
+    if not may_send(settings, viewer):
+        raise PageError(
+            403,
+            "Not with this key",
+            "Suppressing a number or lifting its suppression needs a key that may send "
+            "(DLR_SEND_API_KEYS). Log in with one.",
+        )
+
+
 @router.get("/dashboard/numbers/{masked}")
 async def show_number(
     request: Request,
@@ -87,39 +107,40 @@ async def show_number(
         "ref": delivery_ref(settings, number.mobile),
         "notice": NOTICES.get(done or ""),
         "reason_max": REASON_MAX_LENGTH,
+        "may_send": may_send(settings, viewer),
     }
     return page(request, "number.html", context, viewer)
 
 
 @router.post("/dashboard/numbers/{masked}/suppress")
 async def suppress_number(
-    request: Request, session: SessionDep, viewer: Viewer, masked: str
+    request: Request, state: StateDep, session: SessionDep, viewer: Viewer, masked: str
 ) -> RedirectResponse:
     """Suppress a number by hand, with a reason."""
     form = await checked_form(request, viewer)
-    settings = settings_of(request)
+    settings = state.settings
+    _require_send(settings, viewer)
     number = await find_number(session, settings, masked, _text(form.get("ref")))
     reason = " ".join(_text(form.get("reason")).split())[:REASON_MAX_LENGTH]
     if not reason or not reason.isprintable():
         raise PageError(422, "A reason is needed", "Say why this number is suppressed.")
     now = dt.datetime.now(dt.UTC)
-    await suppress(session, number.mobile, reason, now, request.app.state.metrics)
-    await session.commit()
+    await suppress(session, number.mobile, reason, now, state.metrics)
     log.info("dashboard: number %s suppressed (key %s)", mask_mobile(number.mobile), viewer.key_id)
     return redirect(number_url(settings, number.mobile, done="suppressed"))
 
 
 @router.post("/dashboard/numbers/{masked}/lift")
 async def lift_suppression(
-    request: Request, session: SessionDep, viewer: Viewer, masked: str
+    request: Request, state: StateDep, session: SessionDep, viewer: Viewer, masked: str
 ) -> RedirectResponse:
     """Lift a number's suppression (manual or automatic)."""
     form = await checked_form(request, viewer)
-    settings = settings_of(request)
+    settings = state.settings
+    _require_send(settings, viewer)
     number = await find_number(session, settings, masked, _text(form.get("ref")))
     now = dt.datetime.now(dt.UTC)
-    lifted = await lift(session, number.mobile, now, request.app.state.metrics)
-    await session.commit()
+    lifted = await lift(session, number.mobile, now, state.metrics)
     if lifted is not None:
         log.info("dashboard: number %s lifted (key %s)", mask_mobile(number.mobile), viewer.key_id)
     return redirect(number_url(settings, number.mobile, done="lifted"))

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import Query, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.mobiles import national, normalize_mobile
 from app.core.settings import Settings
@@ -24,7 +25,7 @@ from app.dashboard.pages import (
     settings_of,
 )
 from app.dashboard.views import delivery_ref, number_url
-from app.db.engine import SessionDep
+from app.db.engine import MAX_ROW_ID
 from app.db.models import Number, Rejected
 from app.ingest.errors import IngestUnavailable
 from app.ingest.parse import (
@@ -37,10 +38,12 @@ from app.ingest.parse import (
 from app.ingest.quarantine import list_rejected, replay
 from app.read.aggregates import batch_summary
 from app.read.queries import get_delivery
+from app.state import AppState, SessionDep, StateDep
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 
 SEARCH_LIMIT = 100
+MAX_IDENTIFIER = 64  # no stored msgid or batch ID is longer
 BATCH_LIMIT = 200
 REJECTED_PAGE = 50
 DEFAULT_REFRESH = 10
@@ -71,12 +74,8 @@ def word_kind(word: str) -> str:
     return "other"
 
 
-async def figures_context(request: Request, session: SessionDep) -> dict[str, Any]:
-    settings = settings_of(request)
-    cache = getattr(request.app.state, "dashboard_cache", None)
-    if cache is None:  # one per application, so tests and replicas never share one
-        cache = request.app.state.dashboard_cache = data.OverviewCache()
-    overview = await cache.get(session, settings.zone)
+async def figures_context(state: AppState, session: AsyncSession) -> dict[str, Any]:
+    overview = await state.dashboard_cache.get(session, state.settings.zone)
     hours, days = overview.hours, overview.days
     words = sorted(set(hours["totals"]["by_status"]) | set(days["totals"]["by_status"]))
     peak = max((hours["totals"]["by_status"].get(w, 0) for w in words), default=0)
@@ -102,20 +101,22 @@ async def figures_context(request: Request, session: SessionDep) -> dict[str, An
 @router.get("/dashboard")
 async def show_dashboard(
     request: Request,
+    state: StateDep,
     session: SessionDep,
     viewer: Viewer,
-    refresh: int = DEFAULT_REFRESH,
+    refresh: Annotated[int, Query(ge=2, le=3600)] = DEFAULT_REFRESH,
 ) -> HTMLResponse:
     """The overview: rates and volumes over time, status words, failures, quarantine."""
-    context = await figures_context(request, session)
-    refresh = min(max(refresh, 2), 3600)  # seconds between updates of the figures
+    context = await figures_context(state, session)
     return page(request, "overview.html", {**context, "refresh": refresh}, viewer)
 
 
 @router.get("/dashboard/fragments/figures")
-async def show_figures(request: Request, session: SessionDep, viewer: Viewer) -> HTMLResponse:
+async def show_figures(
+    request: Request, state: StateDep, session: SessionDep, viewer: Viewer
+) -> HTMLResponse:
     """The overview's figures alone, which the page fetches to update itself."""
-    return page(request, "_figures.html", await figures_context(request, session), viewer)
+    return page(request, "_figures.html", await figures_context(state, session), viewer)
 
 
 # ---------------------------------------------------------------- search and views
@@ -167,11 +168,13 @@ async def show_delivery(
     session: SessionDep,
     viewer: Viewer,
     msgid: str,
-    ref: str | None = None,
+    ref: Annotated[str | None, Query(max_length=64)] = None,
     reveal: bool = False,
 ) -> HTMLResponse:
     """One delivery: its current state and its history of reports; the number masked."""
     settings = settings_of(request)
+    if len(msgid) > MAX_IDENTIFIER:
+        raise PageError(404, "No such delivery", "No delivery has this msgid.")
     rows = await data.deliveries_with_msgid(session, msgid, SEARCH_LIMIT + 1)
     if ref is not None:
         rows = [d for d in rows if delivery_ref(settings, d.mobile) == ref]
@@ -208,6 +211,8 @@ async def show_batch(
     request: Request, session: SessionDep, viewer: Viewer, batch_id: str
 ) -> HTMLResponse:
     """One send (batch ID): its counts by outcome and status word, and its deliveries."""
+    if len(batch_id) > MAX_IDENTIFIER:
+        raise PageError(404, "No such batch", "No report names this batch ID.")
     summary = await batch_summary(session, batch_id)
     if summary is None:
         raise PageError(404, "No such batch", "No report names this batch ID.")
@@ -248,11 +253,11 @@ async def list_rejected_requests(
     request: Request,
     session: SessionDep,
     viewer: Viewer,
-    before: Annotated[int | None, Query(ge=1)] = None,
-    replayed: Annotated[int | None, Query(ge=1)] = None,
-    result: str | None = None,
-    msgid: str | None = None,
-    ref: str | None = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+    replayed: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+    result: Annotated[str | None, Query(max_length=16)] = None,
+    msgid: Annotated[str | None, Query(max_length=64)] = None,
+    ref: Annotated[str | None, Query(max_length=64)] = None,
 ) -> HTMLResponse:
     """The quarantine, newest first, with a replay button for each request."""
     rows: Sequence[Rejected] = await list_rejected(session, REJECTED_PAGE + 1, before_id=before)
@@ -276,16 +281,19 @@ async def list_rejected_requests(
 
 @router.post("/dashboard/rejected/{id}/replay")
 async def replay_request(
-    request: Request, session: SessionDep, viewer: Viewer, id: int
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    viewer: Viewer,
+    id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],
 ) -> RedirectResponse:
     """Validate a quarantined request again and store its report when it now passes."""
     await checked_form(request, viewer)
     row = await session.get(Rejected, id)
     if row is None:
         raise PageError(404, "No such request", f"The quarantine holds no request #{id}.")
-    state = request.app.state
     try:
-        outcome = await replay(state.engine, state.writer, state.settings.zone, row)
+        outcome = await replay(session, state.writer, state.settings.zone, row)
     except IngestUnavailable:
         raise PageError(
             503,
