@@ -333,3 +333,23 @@ async def test_suppression_writes_need_a_send_key(app_factory: Any) -> None:
         r = await client.delete("/v1/suppressions/0911000001", headers=as_sender)
         assert r.status_code == 200
         assert (await client.get("/v1/numbers")).status_code == 401
+
+
+async def test_a_threshold_set_later_suppresses_the_streaks_already_reached(
+    app_factory: Any,
+) -> None:
+    async with app_factory() as (_, client):
+        await seed(client)  # streaks 3, 1, 3, 0, 0, 2
+        await client.put("/v1/suppressions/0911000003", json={"reason": "by hand"})
+    async with app_factory(suppress_after_failures=2) as (_, client):
+        listed = (await client.get("/v1/suppressions")).json()["items"]
+        by_source = {n["mobile"]: n["suppressed"]["source"] for n in listed}
+        assert by_source == {
+            e164("0911000001"): "automatic",
+            e164("0911000003"): "manual",  # already suppressed: left as it was
+            e164("0911000006"): "automatic",
+        }
+        first = next(n for n in listed if n["mobile"] == e164("0911000001"))
+        assert first["suppressed"]["reason"] == "2 failed deliveries in a row"
+        metrics = (await client.get("/metrics")).text
+        assert 'mboxii_dlr_numbers_suppressed_total{source="automatic"} 2.0' in metrics

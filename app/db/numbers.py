@@ -1,8 +1,11 @@
 """Per-number summaries recounted from deliveries: the recount itself, rewriting summaries
-from it (retention, repair), and finding the summaries that differ from it (check)."""
+from it (retention, repair), finding the summaries that differ from it (check), and the
+automatic suppression of the numbers whose streak has reached the threshold."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -22,8 +25,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.core.metrics import Metrics
+from app.core.mobiles import mask_mobile
 from app.db.engine import insert_for
 from app.db.models import Delivery, Number
+
+log = logging.getLogger("mboxii_dlr.numbers")
 
 NUMBERS = cast(Table, Number.__table__)
 DELIVERIES = cast(Table, Delivery.__table__)
@@ -195,3 +202,60 @@ async def check(engine: AsyncEngine, *, repair: bool = False, chunk: int = 500) 
     result.repaired = True
     result.remaining = await differing()
     return result
+
+
+def automatic_reason(threshold: int) -> str:
+    """The reason an automatic suppression gives."""
+    return f"{threshold} failed deliveries in a row"
+
+
+def announce_automatic(suppressed: Sequence[tuple[str, int]], metrics: Metrics) -> None:
+    """Log (the numbers masked) and count automatic suppressions that have been committed."""
+    for mobile, streak in suppressed:
+        log.warning(
+            "number %s suppressed automatically: %d failed deliveries in a row",
+            mask_mobile(mobile),
+            streak,
+        )
+    if suppressed:
+        metrics.suppressions.labels("automatic").inc(len(suppressed))
+
+
+async def suppress_reached(
+    engine: AsyncEngine, threshold: int, metrics: Metrics, chunk: int = 500
+) -> int:
+    """Suppress every number whose streak already reached `threshold` (the write path does it
+    as a streak grows; this is for a threshold set or lowered since), `chunk` numbers per
+    transaction, in mobile order like every writer of numbers. Returns how many."""
+    n = NUMBERS.c
+    due = n.failure_streak >= threshold, n.failure_streak > 0, n.suppressed_since.is_(None)
+    done = 0
+    after = ""
+    while True:
+        async with engine.begin() as connection:
+            mobiles = list(
+                (
+                    await connection.execute(
+                        select(n.mobile)
+                        .where(*due, n.mobile > after)
+                        .order_by(n.mobile)
+                        .limit(chunk)
+                    )
+                ).scalars()
+            )
+            if not mobiles:
+                return done
+            after = mobiles[-1]
+            rows = await connection.execute(
+                update(NUMBERS)
+                .where(n.mobile.in_(mobiles), *due)
+                .values(
+                    suppressed_source="automatic",
+                    suppressed_reason=automatic_reason(threshold),
+                    suppressed_since=dt.datetime.now(dt.UTC),
+                )
+                .returning(n.mobile, n.failure_streak)
+            )
+            suppressed = [(row[0], row[1]) for row in rows]
+        announce_automatic(suppressed, metrics)
+        done += len(suppressed)

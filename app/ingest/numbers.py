@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.core.metrics import Metrics
-from app.core.mobiles import mask_mobile
+from app.db.numbers import announce_automatic, automatic_reason
 from app.ingest.fold import DeliveryChange
 from app.ingest.store import AfterCommit
-
-log = logging.getLogger("mboxii_dlr.numbers")
 
 # PostgreSQL: one call per batch of the function migration 0008 made (numbers_apply): it
 # takes the numbers' row locks in order, moves their counts, recounts the rest in a new
@@ -119,10 +116,6 @@ RETURNING mobile, failure_streak
 """
 
 
-def automatic_reason(threshold: int) -> str:
-    return f"{threshold} failed deliveries in a row"
-
-
 def _sqlite_time(value: dt.datetime) -> str:
     """As UTCDateTime stores a time in SQLite."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -205,14 +198,4 @@ class NumberSummaries:
     def _announce(self, suppressed: list[tuple[str, int]]) -> AfterCommit | None:
         if not suppressed:
             return None
-
-        def announce() -> None:
-            for mobile, streak in suppressed:
-                log.warning(
-                    "number %s suppressed automatically: %d failed deliveries in a row",
-                    mask_mobile(mobile),
-                    streak,
-                )
-            self.metrics.suppressions.labels("automatic").inc(len(suppressed))
-
-        return announce
+        return lambda: announce_automatic(suppressed, self.metrics)
