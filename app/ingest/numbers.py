@@ -1,5 +1,6 @@
-"""Per-number summaries kept in each batch's transaction (a BatchEffect): counts moved by the
-batch's changes, the rest recounted from deliveries, and automatic suppression."""
+"""Per-number summaries kept in each batch's transaction (a BatchEffect): on SQLite counts
+moved by the batch's changes and the rest recounted from deliveries; on either database the
+automatic suppression of the numbers whose failure streak reached the threshold."""
 
 from __future__ import annotations
 
@@ -15,16 +16,20 @@ from app.db.numbers import announce_automatic, automatic_reason
 from app.ingest.fold import DeliveryChange
 from app.ingest.store import AfterCommit
 
-# PostgreSQL: one call per batch of the function migration 0008 made (numbers_apply): it
-# takes the numbers' row locks in order, moves their counts, recounts the rest in a new
-# snapshot and suppresses; it says why there.
-PG_APPLY = "SELECT suppressed_mobile, streak FROM numbers_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+# PostgreSQL keeps the summaries itself: triggers on deliveries (migration 0008) move them in
+# the very statement that writes the deliveries, so a batch pays no statement of its own for
+# them. What is left here is suppression, which needs the threshold: one call, and only for a
+# batch with a failure in it (nothing else makes a streak longer). The trigger holds the
+# numbers' row locks already, so it waits for nobody. (A function, as a plan cached while the
+# table was small would scan it whole ever after.)
+PG_SUPPRESS = "SELECT suppressed_mobile, streak FROM numbers_suppress($1, $2, $3, $4)"
 
 # SQLite has one writer at a time, so the same steps need no care for order: a number seen
 # for the first time with one delivery gets its summary from that delivery, written once;
 # the others have their counts moved and the rest recounted with the same lookups (LIMIT -1
 # keeps each step from being merged into the next, which would run its lookups again); then
-# the suppressions. Each is one call over the batch as JSON: [mobile, msgid, outcome,
+# the suppressions (as on PostgreSQL, only for numbers with a failure in the batch). Each is
+# one call over the batch as JSON: [mobile, msgid, outcome,
 # previous outcome] per change. Times are UTC text, which compares in time order.
 _SQLITE_CHANGES = """(
   SELECT json_extract(value, '$[0]') AS mobile, json_extract(value, '$[1]') AS msgid,
@@ -122,10 +127,11 @@ def _sqlite_time(value: dt.datetime) -> str:
 
 
 class NumberSummaries:
-    """The BatchEffect that keeps the `numbers` table exact: each batch moves the summaries
-    of the numbers it touched, in its own transaction, on either database. With
-    `suppress_after` set, a number whose failure streak reaches it is suppressed there
-    too; each suppression is logged (the number masked) and counted once committed."""
+    """The BatchEffect that keeps the `numbers` table exact on SQLite (each batch moves the
+    summaries of the numbers it touched, in its own transaction; on PostgreSQL triggers do),
+    and with `suppress_after` set, suppresses a number whose failure streak reaches it, on
+    either database; each suppression is logged (the number masked) and counted once
+    committed."""
 
     def __init__(
         self,
@@ -141,18 +147,11 @@ class NumberSummaries:
     async def apply_postgres(
         self, connection: Any, changes: Sequence[DeliveryChange]
     ) -> AfterCommit | None:
-        states = [c.state for c in changes]
+        failing = sorted({c.state.mobile for c in changes if c.state.outcome == "failed"})
+        if self.suppress_after is None or not failing:
+            return None
         suppressed = await connection.fetch(
-            PG_APPLY,
-            [s.mobile for s in states],
-            [s.status for s in states],
-            [s.outcome for s in states],
-            [s.final for s in states],
-            [s.done_at for s in states],
-            [None if c.previous is None else c.previous.outcome for c in changes],
-            self.suppress_after,
-            self.reason,
-            self.clock(),
+            PG_SUPPRESS, failing, self.suppress_after, self.reason, self.clock()
         )
         return self._announce([(row[0], row[1]) for row in suppressed])
 
@@ -182,12 +181,13 @@ class NumberSummaries:
             # with deliveries but no row, which should not be, is mended).
             connection.execute(SQLITE_MEND, {"known": known})
             connection.execute(SQLITE_KNOWN, {"changes": changes_json, "known": known})
-        if self.suppress_after is None:
+        failing = sorted({c.state.mobile for c in changes if c.state.outcome == "failed"})
+        if self.suppress_after is None or not failing:
             return None
         cursor = connection.execute(
             SQLITE_SUPPRESS,
             {
-                "mobiles": json.dumps(list(per_number)),
+                "mobiles": json.dumps(failing),
                 "reason": self.reason,
                 "at": _sqlite_time(self.clock()),
                 "threshold": self.suppress_after,

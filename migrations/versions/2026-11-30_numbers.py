@@ -2,8 +2,9 @@
 
 One row per number with deliveries (or suppressed by hand): counts by outcome, first and last
 done_at, the latest state, the latest delivered time and the failure streak, written in the
-same transaction as the deliveries they count (app.ingest.numbers); the suppression (source,
-reason, since) and the time of the last lift, which bounds the streak.
+same transaction as the deliveries they count (on PostgreSQL by triggers on deliveries, on
+SQLite by app.ingest.numbers); the suppression (source, reason, since) and the time of the
+last lift, which bounds the streak.
 
 The upgrade builds the summaries of the deliveries already stored, with the recount the
 consistency check uses (app.db.numbers.recount), written out here as it is today.
@@ -53,32 +54,35 @@ FROM (
 GROUP BY mobile
 """
 
-# PostgreSQL: what each batch does to the numbers it touched, called once per batch in its
-# transaction by app.ingest.numbers (one round trip). Every writer of a number's summary (the
-# pipelined batches, other replicas, a lift, the retention purge) takes its row lock first,
-# in mobile order (no deadlock), and only then reads deliveries in a new statement (each
-# statement of a function takes a new snapshot), which sees every delivery committed by whoever
-# held the lock before: the last writer to commit has counted everything.
+# PostgreSQL: the summaries move inside the statement that writes the deliveries, by
+# statement-level triggers (as the delivery_counts rollup does): no statement of its own per
+# batch, for ingest and any other writer of deliveries alike. Each trigger hands the changed
+# deliveries (new ones, or those whose state an update changed) to numbers_apply, whose steps
+# are each a statement of their own, so each takes a new snapshot. Every writer of a number's
+# summary (the pipelined batches, other replicas, a lift, the retention purge) takes its row
+# lock first, in mobile order (no deadlock), and only then reads deliveries: the snapshot of
+# that read sees every delivery committed by whoever held the lock before, so the last writer
+# to commit has counted everything.
 # 1. Rows for the numbers seen for the first time, in mobile order: one with a single
 #    delivery (most numbers of a campaign) gets that delivery's summary, written once.
 #    (Inserting them all in one ordered statement, and then locking the known ones in order,
 #    keeps two writers from each waiting for a row the other holds.)
-# 2. Known numbers: locked in order, their counts moved by the batch's changes, the rest
-#    recounted (a done_at can move back, a delivered report resets the streak) by index
-#    lookups on (mobile, done_at desc, msgid): the latest delivery always; the earliest only
-#    when the number has more than one; the latest delivered one and the failures after it
-#    only when the latest delivery is not delivered (most are; then the streak is 0).
+# 2. Known numbers: locked in order, their counts moved by the changes, the rest recounted
+#    (a done_at can move back, a delivered report resets the streak) by index lookups on
+#    (mobile, done_at desc, msgid): the latest delivery always; the earliest only when the
+#    number has more than one; the latest delivered one and the failures after it only when
+#    the latest delivery is not delivered (most are; then the streak is 0).
 #    (`outcome || ''` keeps the planner off the outcome index, which would walk every
 #    delivered report; OFFSET 0 keeps a step's lookups from being run again by the next.)
-# 3. With a threshold, the numbers whose streak reached it are suppressed, and returned.
 # Plans are cached per connection: made while the tables are small, they would scan them
-# whole ever after, so the function allows index lookups only.
+# whole ever after, so these functions allow index lookups only. Suppressing the numbers whose
+# streak reached DLR_SUPPRESS_AFTER_FAILURES is left to the service (app.ingest.numbers calls
+# numbers_suppress), which knows the threshold and announces what it suppressed.
 PG_FUNCTION = """
 CREATE FUNCTION numbers_apply(
   batch_mobiles varchar[], batch_statuses varchar[], batch_outcomes varchar[],
-  batch_finals boolean[], batch_done_at timestamptz[], batch_previous varchar[],
-  suppress_after integer, suppress_reason text, suppress_at timestamptz
-) RETURNS TABLE (suppressed_mobile varchar, streak integer)
+  batch_finals boolean[], batch_done_at timestamptz[], batch_previous varchar[]
+) RETURNS void
 LANGUAGE plpgsql
 SET enable_seqscan = off
 SET enable_bitmapscan = off
@@ -191,16 +195,53 @@ BEGIN
     WHERE n.mobile = s.mobile;
   END IF;
 
-  IF suppress_after IS NOT NULL THEN
-    RETURN QUERY
-    UPDATE numbers SET suppressed_source = 'automatic', suppressed_reason = suppress_reason,
-                       suppressed_since = suppress_at
-    WHERE mobile = ANY(batch_mobiles) AND suppressed_since IS NULL
-      AND failure_streak >= suppress_after
-    RETURNING mobile, failure_streak;
-  END IF;
 END $$
 """
+PG_SUPPRESS_FUNCTION = """
+CREATE FUNCTION numbers_suppress(
+  batch_mobiles varchar[], threshold integer, reason text, since timestamptz
+) RETURNS TABLE (suppressed_mobile varchar, streak integer)
+LANGUAGE sql
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+  UPDATE numbers
+  SET suppressed_source = 'automatic', suppressed_reason = reason, suppressed_since = since
+  WHERE mobile = ANY(batch_mobiles) AND suppressed_since IS NULL AND failure_streak >= threshold
+  RETURNING mobile, failure_streak
+$$
+"""
+PG_TRIGGER_FUNCTION = """
+CREATE FUNCTION numbers_from_deliveries() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  mobiles varchar[]; statuses varchar[]; outcomes varchar[]; finals boolean[];
+  done timestamptz[]; previous varchar[];
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    SELECT array_agg(mobile), array_agg(status), array_agg(outcome), array_agg(final),
+           array_agg(done_at), array_agg(NULL::varchar)
+    INTO mobiles, statuses, outcomes, finals, done, previous
+    FROM new_rows;
+  ELSE
+    -- an update that left the state as it was (a late report that lost) changes nothing
+    SELECT array_agg(n.mobile), array_agg(n.status), array_agg(n.outcome), array_agg(n.final),
+           array_agg(n.done_at), array_agg(o.outcome)
+    INTO mobiles, statuses, outcomes, finals, done, previous
+    FROM new_rows AS n JOIN old_rows AS o USING (msgid, mobile)
+    WHERE (n.status, n.outcome, n.final, n.done_at)
+          IS DISTINCT FROM (o.status, o.outcome, o.final, o.done_at);
+  END IF;
+  IF mobiles IS NOT NULL THEN
+    PERFORM numbers_apply(mobiles, statuses, outcomes, finals, done, previous);
+  END IF;
+  RETURN NULL;
+END $$
+"""
+PG_TRIGGERS = {
+    "numbers_insert": "AFTER INSERT ON deliveries REFERENCING NEW TABLE AS new_rows",
+    "numbers_update": "AFTER UPDATE ON deliveries "
+    "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+}
 
 
 def upgrade() -> None:
@@ -230,6 +271,13 @@ def upgrade() -> None:
     op.execute(BACKFILL)
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_FUNCTION)
+        op.execute(PG_SUPPRESS_FUNCTION)
+        op.execute(PG_TRIGGER_FUNCTION)
+        for name, when in PG_TRIGGERS.items():
+            op.execute(
+                f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT "
+                "EXECUTE FUNCTION numbers_from_deliveries()"
+            )
     # Built after the backfill: one sort each instead of a million inserts into them.
     op.create_index(
         "ix_numbers_failure_streak_mobile",
@@ -256,6 +304,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        for name in PG_TRIGGERS:
+            op.execute(f"DROP TRIGGER IF EXISTS {name} ON deliveries")
+        op.execute("DROP FUNCTION IF EXISTS numbers_from_deliveries")
+        op.execute("DROP FUNCTION IF EXISTS numbers_suppress")
         op.execute("DROP FUNCTION IF EXISTS numbers_apply")
     op.drop_index("ix_numbers_suppressed_since_mobile", table_name="numbers")
     op.drop_index("ix_numbers_suppressed_failure_streak_mobile", table_name="numbers")
