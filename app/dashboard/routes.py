@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.mobiles import national, normalize_mobile
 from app.core.settings import Settings
+from app.core.statuses import DELIVERED_WORDS, FAILED_WORDS, NON_FINAL_WORDS
 from app.dashboard import data
 from app.dashboard.charts import build_chart
 from app.dashboard.pages import (
@@ -27,14 +28,8 @@ from app.dashboard.pages import (
 from app.dashboard.views import delivery_ref, number_url
 from app.db.engine import MAX_ROW_ID
 from app.db.models import Number, Rejected
-from app.ingest.errors import IngestUnavailable
-from app.ingest.parse import (
-    DELIVERED_WORDS,
-    FAILED_WORDS,
-    NON_FINAL_WORDS,
-    CallbackRejected,
-    parse_callback,
-)
+from app.ingest.errors import CallbackRejected, IngestUnavailable
+from app.ingest.parse import parse_callback
 from app.ingest.quarantine import list_rejected, replay
 from app.read.aggregates import batch_summary
 from app.read.queries import get_delivery
