@@ -130,8 +130,9 @@ FAILING = text("failure_streak > 0")
 class Number(Base):
     """What the deliveries to one number add up to, and whether sending to it is suppressed.
 
-    The summary columns are written in the same transaction as the deliveries they count
-    (app.ingest.numbers, app.db.numbers), so they always equal a recount from deliveries:
+    The summary columns are written in the same transaction as the deliveries they count (on
+    PostgreSQL by triggers on deliveries, migration 0008; on SQLite by app.ingest.numbers;
+    the purge by app.db.numbers), so they always equal a recount from deliveries:
     `mboxii-dlr check-numbers` compares the two. A row exists while the number has
     deliveries, or once it has been suppressed."""
 
