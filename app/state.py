@@ -18,6 +18,7 @@ from app.db.engine import create_engine
 from app.db.throttle import KeyThrottle
 from app.gateway.client import MboxiiClient
 from app.gateway.reconcile import Reconciler
+from app.ingest.numbers import NumberSummaries
 from app.ingest.writer import Writer
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ async def open_storage(
             ),
             queue_size=settings.ingest_queue_size,
             timeout=settings.ingest_timeout_seconds,
+            effects=[NumberSummaries(metrics, settings.suppress_after_failures)],
         )
         writer.start()
         try:

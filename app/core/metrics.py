@@ -33,6 +33,7 @@ REJECTION_REASONS = (
 )
 UNAVAILABLE_CAUSES = ("database", "saturated", "timeout", "stopping", "quarantine")
 GATEWAY_INTERFACES = ("SendSMS", "SendTimeSMS", "CheckSMS")
+SUPPRESSION_SOURCES = ("automatic", "manual")
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -240,6 +241,23 @@ class Metrics:
             ["interface", "result"],
             registry=r,
         )
+        self.suppressions = Counter(
+            "mboxii_dlr_numbers_suppressed",
+            "Numbers suppressed (no more sends to them), by source: automatic (the failure "
+            "streak reached DLR_SUPPRESS_AFTER_FAILURES) or manual.",
+            ["source"],
+            registry=r,
+        )
+        self.lifts = Counter(
+            "mboxii_dlr_numbers_lifted",
+            "Suppressions lifted by hand.",
+            registry=r,
+        )
+        self.sends_skipped = Counter(
+            "mboxii_dlr_send_numbers_suppressed",
+            "Numbers left out of a send because they are suppressed.",
+            registry=r,
+        )
         if r is not None:
             # CPU, memory, open files and start time of this process (Linux /proc).
             ProcessCollector(registry=r)
@@ -250,6 +268,8 @@ class Metrics:
             self.rejections.labels(reason)
         for cause in UNAVAILABLE_CAUSES:
             self.unavailable.labels(cause)
+        for source in SUPPRESSION_SOURCES:
+            self.suppressions.labels(source)
         for interface in GATEWAY_INTERFACES:
             self.gateway_requests.labels(interface, "ok")
 

@@ -1,11 +1,12 @@
-"""Retention: delete old deliveries with all their reports, old sends and quarantine rows.
+"""Retention: delete old deliveries with all their reports (and what their numbers' summaries
+counted of them), old sends and quarantine rows.
 
 With `reports` partitioned by month (PostgreSQL), whole months go instead: the deliveries
 done before the first day of the cutoff's month are deleted in batches through the done_at
 index, then the month partitions before that day are dropped (app.db.partitions); a report
 is never deleted row by row there, except the few in the default partition (odd dates).
 Retention then works in whole months: what goes is kept up to a month longer than
-DLR_RETENTION_DAYS says. Elsewhere (SQLite, or PostgreSQL before migration 0009) deliveries
+DLR_RETENTION_DAYS says. Elsewhere (SQLite, or PostgreSQL before migration 0010) deliveries
 last heard of before the cutoff are deleted with their reports."""
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.db import partitions
 from app.db.jobs import JobRunner
 from app.db.models import Delivery, Rejected, Report, Send, SendNumber
+from app.db.numbers import refresh as refresh_numbers
 
 log = logging.getLogger("mboxii_dlr.retention")
 
@@ -310,21 +312,37 @@ async def delete_deliveries(
     gone_keys = [(k[0], k[1]) for k in deleted]
     theirs = _among(REPORTS, gone_keys, postgres)
     if months_going is None:
-        gone = await connection.execute(delete(REPORTS).where(theirs))
-        return len(deleted), gone.rowcount
+        count = (await connection.execute(delete(REPORTS).where(theirs))).rowcount
+    else:
+        count = await _delete_reports_outside_months(connection, theirs, gone_keys, months_going)
+    # The numbers' summaries count what is left, in the same transaction; a number left
+    # without deliveries is forgotten too, unless it is suppressed.
+    await refresh_numbers(connection, [k[1] for k in deleted])
+    return len(deleted), count
+
+
+async def _delete_reports_outside_months(
+    connection: AsyncConnection,
+    theirs: Any,
+    keys: list[tuple[str, str]],
+    months_going: tuple[dt.datetime, str | None],
+) -> int:
+    """The reports of deleted deliveries that will not go with a month partition: done at or
+    after the boundary, or (odd dates) in the default partition."""
     boundary, default = months_going
+    postgres = connection.dialect.name == "postgresql"
     # done_at >= boundary leaves the months about to be dropped out of the plan entirely.
     gone = await connection.execute(delete(REPORTS).where(theirs, REPORTS.c.done_at >= boundary))
-    count = gone.rowcount
+    count: int = gone.rowcount
     if default is not None:
         # The default partition's rows done before the boundary (odd dates) have no month
         # to go with.
         odd = table(default, *(column(c.name) for c in REPORTS.c))
         gone = await connection.execute(
-            delete(odd).where(_among(odd, gone_keys, postgres), odd.c.done_at < boundary)
+            delete(odd).where(_among(odd, keys, postgres), odd.c.done_at < boundary)
         )
         count += gone.rowcount
-    return len(deleted), count
+    return count
 
 
 def _among(rows: Any, keys: list[tuple[str, str]], postgres: bool) -> Any:
