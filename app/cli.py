@@ -110,12 +110,16 @@ async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
 
     from app.core.metrics import Metrics
     from app.db.engine import create_engine
+    from app.events.outbox import EventOutbox
     from app.gateway import MboxiiClient
     from app.gateway.reconcile import Reconciler
     from app.ingest.writer import Writer
 
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    writer = Writer(engine, Metrics(), timeout=settings.ingest_timeout_seconds)
+    # Events of the changes stored here are sent by the service's dispatchers.
+    writer = Writer(
+        engine, Metrics(), timeout=settings.ingest_timeout_seconds, effects=[EventOutbox()]
+    )
     client = MboxiiClient.from_settings(settings)
     writer.start()
     try:
@@ -197,6 +201,7 @@ async def replay_all(settings: Settings, include_replayed: bool) -> int:
 
     from app.core.metrics import Metrics
     from app.db.engine import create_engine
+    from app.events.outbox import EventOutbox
     from app.ingest.errors import IngestUnavailable
     from app.ingest.quarantine import list_rejected, replay
     from app.ingest.writer import Writer
@@ -209,6 +214,8 @@ async def replay_all(settings: Settings, include_replayed: bool) -> int:
         batch_delay=0,
         queue_size=settings.ingest_queue_size,
         timeout=settings.ingest_timeout_seconds,
+        # Events of the changes stored here are sent by the service's dispatchers.
+        effects=[EventOutbox()],
     )
     writer.start()
     stored = duplicates = invalid = 0

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
-from app.api import deliveries, messages, ops, rejected, stats
+from app.api import deliveries, messages, ops, rejected, stats, subscriptions
 from app.api.auth import require_api_key
 from app.api.errors import install_error_handlers
 from app.api.params import reject_nul
@@ -31,6 +31,8 @@ from app.core.settings import Settings, get_settings
 from app.db.engine import create_engine
 from app.db.retention import purge_periodically
 from app.db.throttle import KeyThrottle
+from app.events.dispatcher import Dispatcher
+from app.events.outbox import EventOutbox
 from app.ingest import endpoint as callbacks
 from app.ingest.writer import Writer
 from app.web.headers import SecurityHeadersMiddleware, page_csp
@@ -89,6 +91,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        # Outbound events are written in the transaction of the change they describe.
+        outbox = EventOutbox(metrics)
+        dispatcher = Dispatcher(engine, settings, metrics, outbox)
         writer = Writer(
             engine,
             metrics,
@@ -96,10 +101,13 @@ def create_app(
             batch_delay=settings.ingest_batch_delay_ms / 1000,
             queue_size=settings.ingest_queue_size,
             timeout=settings.ingest_timeout_seconds,
+            effects=[outbox],
         )
         app.state.engine = engine
         app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         app.state.writer = writer
+        app.state.outbox = outbox
+        app.state.dispatcher = dispatcher
         app.state.key_throttle = KeyThrottle(engine)
         if not settings.callback_tokens:
             log.warning(
@@ -118,6 +126,7 @@ def create_app(
         redact.install(settings.secret_values)
         install_overload_answer(settings.retry_after_seconds)
         writer.start()
+        dispatcher.start()
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # garbage collector's full passes, which otherwise stall requests for tens of ms.
         gc.collect()
@@ -157,6 +166,7 @@ def create_app(
             if reconciler is not None:
                 await reconciler.stop()
                 await reconciler.client.aclose()
+            await dispatcher.stop()
             await writer.stop()
             await engine.dispose()
 
@@ -178,7 +188,7 @@ def create_app(
     app.include_router(ops.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
     v1 = [Depends(require_api_key), Depends(reject_nul)]
-    for router in (stats.router, rejected.router):
+    for router in (stats.router, rejected.router, subscriptions.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
     # The dashboard checks the same keys itself, through a login form and a session cookie.

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api.errors import error_responses
+from app.api.params import invalid
 from app.api.schemas import GatewayErrorRead, MessageCreate, MessageRead, MessageType
+from app.api.subscriptions import checked_url
 from app.core import errors
 from app.core.settings import Settings
 from app.db.engine import SessionDep
@@ -80,6 +82,7 @@ async def message_view(session: SessionDep, send: Send) -> dict[str, Any]:
         "pending": pending,
         "next_check_at": send.next_check_at,
         "last_checked_at": send.last_checked_at,
+        "status_callback": send.status_callback,
     }
 
 
@@ -107,6 +110,14 @@ async def create_message(
         )
     except InvalidMessage as exc:
         raise errors.InvalidParameters(errors=exc.errors) from None
+    status_callback = None
+    if body.status_callback is not None:
+        if not settings.status_callback_secret.get_secret_value():
+            raise invalid(
+                "status_callback",
+                "needs DLR_STATUS_CALLBACK_SECRET (a whsec_ secret) to sign its events",
+            )
+        status_callback = await checked_url(request, body.status_callback, "status_callback")
     client: MboxiiClient = request.app.state.gateway
     try:
         result = await client.send(message, settings.callback_url)
@@ -116,7 +127,12 @@ async def create_message(
     first_check = (message.send_at or now) + settings.reconcile_after
     try:
         send = await record_send(
-            session, message, result, created_at=now, next_check_at=first_check
+            session,
+            message,
+            result,
+            created_at=now,
+            next_check_at=first_check,
+            status_callback=status_callback,
         )
     except DuplicateSend:
         log.error(

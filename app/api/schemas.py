@@ -341,6 +341,13 @@ class MessageCreate(BaseModel):
     language: Language | None = Field(
         default=None, description="Default: english for ASCII-only text, else chinese"
     )
+    status_callback: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="A URL that also gets this send's delivery.updated events, signed with "
+        "DLR_STATUS_CALLBACK_SECRET (a 422 while that is unset)",
+        examples=["https://app.example.com/sms-status"],
+    )
 
 
 class MessageRead(BaseModel):
@@ -379,6 +386,9 @@ class MessageRead(BaseModel):
         description="When reconciliation asks CheckSMS next; null when it no longer asks"
     )
     last_checked_at: UtcTime | None
+    status_callback: str | None = Field(
+        default=None, description="Where this send's delivery.updated events also go"
+    )
 
 
 class GatewayErrorRead(ErrorRead):

@@ -154,7 +154,9 @@ class CallbackEndpoint:
         status: int | None = None,
     ) -> None:
         try:
-            rejected_id = await quarantine(self.state.engine, raw, reason, errors, received_at)
+            rejected_id = await quarantine(
+                self.state.engine, raw, reason, errors, received_at, self.state.outbox
+            )
         except Exception as exc:
             log.error("quarantine unreachable (%s); answering 503", exc.__class__.__name__)
             self.state.metrics.unavailable.labels("quarantine").inc()

@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
@@ -32,6 +32,19 @@ class RawRequest:
     body: bytes
 
 
+class QuarantineEffect(Protocol):
+    """Work that commits with a request's first quarantine (its callback.rejected event)."""
+
+    async def record_rejected(
+        self,
+        connection: Any,
+        rejected_id: int,
+        reason: str,
+        errors: Sequence[dict[str, Any]],
+        received_at: dt.datetime,
+    ) -> None: ...
+
+
 def fingerprint(request: RawRequest) -> bytes:
     digest = hashlib.sha256()
     for part in (request.method, request.query, request.content_type):
@@ -47,8 +60,10 @@ async def quarantine(
     reason: str,
     errors: list[dict[str, Any]],
     received_at: dt.datetime,
+    effect: QuarantineEffect | None = None,
 ) -> int:
-    """Store a rejected request (or count one more copy of it); return its id."""
+    """Store a rejected request (or count one more copy of it); return its id. `effect`
+    runs in the same transaction when this is the request's first occurrence."""
     ins = insert_for(engine.dialect, REJECTED)
     stmt = ins.on_conflict_do_update(
         index_elements=[REJECTED.c.fingerprint],
@@ -57,7 +72,7 @@ async def quarantine(
             "last_seen_at": ins.excluded.last_seen_at,
             "source_address": ins.excluded.source_address,
         },
-    ).returning(REJECTED.c.id)
+    ).returning(REJECTED.c.id, REJECTED.c.count)
     async with engine.begin() as connection:
         result = await connection.execute(
             stmt,
@@ -75,7 +90,10 @@ async def quarantine(
                 "body": request.body,
             },
         )
-        return int(result.scalar_one())
+        rejected_id, count = result.one()
+        if effect is not None and count == 1:
+            await effect.record_rejected(connection, rejected_id, reason, errors, received_at)
+        return int(rejected_id)
 
 
 async def list_rejected(

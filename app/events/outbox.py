@@ -1,0 +1,239 @@
+"""The outbox: event rows written in the transaction of the change they describe, one per
+destination that wants the event (a BatchEffect of the ingest writer, and a hook of the
+quarantine).
+
+Destinations are read inside that transaction, in one statement with the batch: the enabled
+subscriptions (a small table) and the status_callback of the sends the changed deliveries
+belong to. No cache another replica could have made stale decides who hears of a change.
+A batch's events are one INSERT; on PostgreSQL it also NOTIFYs the dispatchers, which hear
+it when the batch commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.core.metrics import Metrics
+from app.events.payloads import (
+    CALLBACK_REJECTED,
+    DELIVERY_UPDATED,
+    delivery_body,
+    new_event_id,
+    rejected_body,
+    utc_text,
+)
+from app.events.urls import origin_of
+from app.ingest.fold import DeliveryChange
+
+NOTIFY_CHANNEL = "mboxii_dlr_events"
+
+# The destinations of a batch: enabled subscriptions, then the status callbacks of the sends
+# named by the batch's deliveries (kind 'c', batch_id and type in the filter columns' place).
+_TARGETS = """
+SELECT 's', id, url, event_types, filter, NULL, NULL FROM subscriptions WHERE enabled
+UNION ALL
+SELECT 'c', NULL, status_callback, NULL, NULL, batch_id, type FROM sends
+WHERE status_callback IS NOT NULL AND batch_id {batch_ids}
+"""
+TARGETS_POSTGRES = _TARGETS.format(batch_ids="= ANY($1::text[])")
+TARGETS_SQLITE = _TARGETS.format(batch_ids="IN (SELECT value FROM json_each(?))")
+SUBSCRIPTIONS_SQL = (
+    "SELECT 's', id, url, event_types, filter, NULL, NULL FROM subscriptions WHERE enabled"
+)
+
+_COLUMNS = (
+    "event_id, type, created_at, payload, subscription_id, url, origin, status, attempts, "
+    "next_attempt_at"
+)
+INSERT_POSTGRES = f"""
+WITH inserted AS (
+    INSERT INTO events ({_COLUMNS})
+    SELECT e, $6, $7, p, s, u, o, 'pending', 0, $7
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS r(e, p, s, u, o)
+    RETURNING 1
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', ''), count(*) FROM inserted
+"""
+INSERT_SQLITE = f"""
+INSERT INTO events ({_COLUMNS})
+SELECT json_extract(value, '$[0]'), ?, ?, json_extract(value, '$[1]'),
+       json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
+       'pending', 0, ?
+FROM json_each(?)
+"""
+
+
+def sqlite_time(value: dt.datetime) -> str:
+    """A time as UTCDateTime stores it on SQLite (sortable UTC text)."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass(slots=True)
+class Destination:
+    """Who wants which events: a subscription (with its filters) or a send's
+    status_callback (its batch ID and type)."""
+
+    subscription_id: str | None
+    url: str
+    origin: str
+    types: frozenset[str] | None = None
+    outcomes: frozenset[str] | None = None
+    statuses: frozenset[str] | None = None
+    batch_id: str | None = None
+    send_type: str | None = None
+
+    def wants(self, change: DeliveryChange) -> bool:
+        s = change.state
+        if self.subscription_id is None:
+            return s.batch_id == self.batch_id and s.type == self.send_type
+        return (
+            (self.types is None or DELIVERY_UPDATED in self.types)
+            and (self.outcomes is None or s.outcome in self.outcomes)
+            and (self.statuses is None or s.status in self.statuses)
+            and (self.batch_id is None or s.batch_id == self.batch_id)
+        )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def destinations(rows: Iterable[Sequence[Any]]) -> list[Destination]:
+    """Destinations from the rows of the targets query."""
+    found = []
+    for kind, sub_id, url, types, filters, batch_id, send_type in rows:
+        if kind == "c":
+            found.append(
+                Destination(None, url, origin_of(url), batch_id=batch_id, send_type=send_type)
+            )
+            continue
+        types, filters = _json(types), _json(filters) or {}
+        found.append(
+            Destination(
+                sub_id,
+                url,
+                origin_of(url),
+                frozenset(types) if types is not None else None,
+                frozenset(filters["outcome"]) if filters.get("outcome") else None,
+                frozenset(filters["status"]) if filters.get("status") else None,
+                filters.get("batch_id") or None,
+            )
+        )
+    return found
+
+
+def plan_rows(
+    changes: Sequence[DeliveryChange], targets: Sequence[Destination], timestamp: str
+) -> list[list[str | None]]:
+    """Columns (event id, payload, subscription id, url, origin) of the event rows for these
+    changes: one per change and destination that wants it; one event id and body per change."""
+    ids: list[str | None] = []
+    payloads: list[str | None] = []
+    subs: list[str | None] = []
+    urls: list[str | None] = []
+    origins: list[str | None] = []
+    for change in changes:
+        event_id = body = None
+        for target in targets:
+            if not target.wants(change):
+                continue
+            if event_id is None:
+                event_id, body = new_event_id(), delivery_body(change, timestamp)
+            ids.append(event_id)
+            payloads.append(body)
+            subs.append(target.subscription_id)
+            urls.append(target.url)
+            origins.append(target.origin)
+    return [ids, payloads, subs, urls, origins]
+
+
+class EventOutbox:
+    """Records events in the transaction of their change (a BatchEffect; see
+    app.ingest.store). `wake` is called when rows were written (on SQLite, from the store's
+    thread and before the commit: the dispatcher claims under the write lock, so it waits
+    for that commit and then sees them)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        self.wake: Callable[[], None] | None = None
+
+    def _created(self, event_type: str, rows: int) -> None:
+        if self.metrics is not None and rows:
+            self.metrics.events_created.labels(event_type).inc(rows)
+        if self.wake is not None and rows:
+            self.wake()
+
+    async def apply_postgres(self, connection: Any, changes: Sequence[DeliveryChange]) -> None:
+        batch_ids = list({c.state.batch_id for c in changes})
+        targets = destinations(await connection.fetch(TARGETS_POSTGRES, batch_ids))
+        if not targets:
+            return
+        now = dt.datetime.now(dt.UTC)
+        columns = plan_rows(changes, targets, utc_text(now))
+        if columns[0]:
+            await connection.fetch(INSERT_POSTGRES, *columns, DELIVERY_UPDATED, now)
+            self._created(DELIVERY_UPDATED, len(columns[0]))
+
+    def apply_sqlite(
+        self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
+    ) -> None:
+        batch_ids = json.dumps(list({c.state.batch_id for c in changes}), ensure_ascii=False)
+        targets = destinations(connection.execute(TARGETS_SQLITE, (batch_ids,)).fetchall())
+        if not targets:
+            return
+        now = dt.datetime.now(dt.UTC)
+        columns = plan_rows(changes, targets, utc_text(now))
+        if columns[0]:
+            rows = json.dumps(list(zip(*columns, strict=True)), ensure_ascii=False)
+            at = sqlite_time(now)
+            connection.execute(INSERT_SQLITE, (DELIVERY_UPDATED, at, at, rows))
+            self._created(DELIVERY_UPDATED, len(columns[0]))
+
+    async def record_rejected(
+        self,
+        connection: Any,
+        rejected_id: int,
+        reason: str,
+        errors: Sequence[dict[str, Any]],
+        received_at: dt.datetime,
+    ) -> None:
+        """A callback.rejected event for a first quarantine, on the quarantine's SQLAlchemy
+        connection (either database) inside its transaction."""
+        from sqlalchemy import text
+
+        rows = (await connection.execute(text(SUBSCRIPTIONS_SQL))).all()
+        wanted = [d for d in destinations(rows) if d.types is None or CALLBACK_REJECTED in d.types]
+        if not wanted:
+            return
+        now = dt.datetime.now(dt.UTC)
+        body = rejected_body(rejected_id, reason, errors, received_at, utc_text(now))
+        event_id = new_event_id()
+        from sqlalchemy import insert
+
+        from app.db.models import Event
+
+        await connection.execute(
+            insert(Event),
+            [
+                {
+                    "event_id": event_id,
+                    "type": CALLBACK_REJECTED,
+                    "created_at": now,
+                    "payload": body,
+                    "subscription_id": d.subscription_id,
+                    "url": d.url,
+                    "origin": d.origin,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                }
+                for d in wanted
+            ],
+        )
+        if connection.dialect.name == "postgresql":
+            await connection.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
+        self._created(CALLBACK_REJECTED, len(wanted))
