@@ -126,7 +126,8 @@ def create_app(
         redact.install(settings.secret_values)
         install_overload_answer(settings.retry_after_seconds)
         writer.start()
-        dispatcher.start()
+        if settings.webhook_dispatch:
+            dispatcher.start()
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # garbage collector's full passes, which otherwise stall requests for tens of ms.
         gc.collect()

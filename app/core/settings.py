@@ -143,6 +143,8 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE)
     )
     webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    # false: this replica records events but leaves sending them to the others.
+    webhook_dispatch: bool = True
     status_callback_secret: SecretStr = SecretStr("")
 
     @field_validator("retention_days", mode="before")

@@ -32,7 +32,14 @@ from app.core.settings import Settings
 from app.events.client import Answer, ConnectionFailed, WebhookClient
 from app.events.outbox import NOTIFY_CHANNEL, EventOutbox
 from app.events.payloads import Signer
-from app.events.queue import Claimed, EventQueue, Round, Settled, open_queue
+from app.events.queue import (
+    Claimed,
+    EventQueue,
+    Round,
+    Settled,
+    connect_postgres,
+    open_queue,
+)
 from app.events.urls import Refused, Unresolvable
 
 log = logging.getLogger("mboxii_dlr.events")
@@ -166,6 +173,10 @@ class Dispatcher:
         """Stop claiming, let the sends in flight finish (up to the timeout), record them.
         Rows still queued are released for the next dispatcher."""
         self._closing = True
+        if self._loop is None:  # never started (DLR_WEBHOOK_DISPATCH=false)
+            await self.client.aclose()
+            await self._queue.close()
+            return
         self._wakeup.set()
         if self._listener is not None:
             self._listener.cancel()
@@ -199,20 +210,10 @@ class Dispatcher:
 
     async def _listen(self) -> None:
         """LISTEN for the outbox's NOTIFY on a connection of its own, reconnecting."""
-        import asyncpg
-
-        url = self.engine.url
         while True:
             connection = None
             try:
-                connection = await asyncpg.connect(
-                    host=url.host,
-                    port=url.port,
-                    user=url.username,
-                    password=url.password,
-                    database=url.database,
-                    timeout=5,
-                )
+                connection = await connect_postgres(self.engine)
                 closed = asyncio.Event()
                 connection.add_termination_listener(lambda *_, closed=closed: closed.set())
                 await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self.wake())

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_sync_engine
 from app.events.outbox import sqlite_time
@@ -159,27 +159,48 @@ def _settled_columns(settled: Sequence[Settled]) -> list[list[Any]]:
     ]
 
 
+async def connect_postgres(engine: AsyncEngine, **server_settings: str) -> Any:
+    """An asyncpg connection of its own (outside the pool) to the engine's database."""
+    import asyncpg
+
+    url = engine.url
+    return await asyncpg.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+        timeout=5,
+        command_timeout=30,
+        server_settings={"application_name": "mboxii-dlr-events", **server_settings},
+    )
+
+
 class PostgresQueue:
-    """Rounds on one asyncpg connection kept between them (like the ingest store)."""
+    """Rounds on one asyncpg connection of its own, kept between them.
+
+    Its statements are planned for each execution (plan_cache_mode=force_custom_plan): a
+    generic plan made while the events table was small (a sequential scan to join the
+    outcomes) would otherwise stay cached on this long-lived connection while the table
+    grows, and a round would read all of it (measured: 4 ms of PostgreSQL CPU per round
+    at 30,000 rows, against 0.3 ms planned afresh)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._connection: tuple[AsyncConnection, Any] | None = None
+        self._connection: Any = None
 
     async def _raw(self) -> Any:
         if self._connection is None:
-            connection = await self.engine.connect()
-            raw = (await connection.get_raw_connection()).driver_connection
-            self._connection = (connection, raw)
-        return self._connection[1]
+            self._connection = await connect_postgres(
+                self.engine, plan_cache_mode="force_custom_plan", timezone="UTC"
+            )
+        return self._connection
 
     async def _drop(self) -> None:
         if self._connection is not None:
-            connection, _ = self._connection
-            self._connection = None
+            connection, self._connection = self._connection, None
             with contextlib.suppress(Exception):
-                await connection.invalidate()
-                await connection.close()
+                await connection.close(timeout=2)
 
     async def round(self, work: Round) -> list[Claimed]:
         try:
