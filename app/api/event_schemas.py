@@ -16,13 +16,12 @@ SubscriptionId = Annotated[str, Field(pattern=r"^sub_[0-9a-f]{24}$", max_length=
 _WORD_RE = re.compile(r"[A-Za-z0-9_]{1,16}")
 _BATCH_RE = re.compile(r"[!-~]{1,64}")
 
-URL_FIELD = Field(
-    max_length=2048,
-    description="http:// or https://, without user info; its host must not resolve to a "
+URL_DESCRIPTION = (
+    "http:// or https://, without user info; its host must not resolve to a "
     "private, loopback, link-local, multicast or unspecified address "
-    "(unless DLR_WEBHOOK_ALLOW_PRIVATE=true)",
-    examples=["https://hooks.example.com/sms"],
+    "(unless DLR_WEBHOOK_ALLOW_PRIVATE=true)"
 )
+URL_EXAMPLE = ["https://hooks.example.com/sms"]
 
 
 class SubscriptionFilter(BaseModel):
@@ -80,7 +79,7 @@ class SubscriptionCreate(BaseModel):
         },
     )
 
-    url: str = URL_FIELD
+    url: str = Field(max_length=2048, description=URL_DESCRIPTION, examples=URL_EXAMPLE)
     events: EventList | None = Field(default=None, description="Event types; default all")
     filter: SubscriptionFilter | None = None
     description: str | None = Field(default=None, max_length=500)
@@ -91,7 +90,9 @@ class SubscriptionUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = URL_FIELD
+    url: str | None = Field(
+        default=None, max_length=2048, description=URL_DESCRIPTION, examples=URL_EXAMPLE
+    )
     events: EventList | None = None
     filter: SubscriptionFilter | None = None
     description: str | None = Field(default=None, max_length=500)

@@ -54,6 +54,8 @@ MAX_HELD = 1000
 # queue: enough that its slots stay busy between two rounds.
 QUEUE_FACTOR = 4
 RETRY_AFTER_CAP = 3600.0
+# Time a claim keeps beyond what its sends can take, for the round trips around them.
+LEASE_MARGIN = 5.0
 WAITING_REFRESH_SECONDS = 5.0
 RESULT_LABELS = (
     "delivered",
@@ -69,7 +71,7 @@ RESULT_LABELS = (
 def lease_seconds(timeout: float) -> float:
     """How long a claim holds a row: a row may wait behind one full set of the receiver's
     slots (each at most `timeout`) and then take `timeout` itself; the rest is margin."""
-    return (QUEUE_FACTOR + 1) * timeout + 30.0
+    return (QUEUE_FACTOR + 1) * timeout + LEASE_MARGIN
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -379,7 +381,7 @@ class Dispatcher:
         if signer is None:
             self._settle(row, "failed", None, False, now, None, "DLR_STATUS_CALLBACK_SECRET unset")
             return
-        if time.monotonic() - row.claimed_at > self.lease - self.timeout - 10:
+        if time.monotonic() - row.claimed_at > self.lease - self.timeout - LEASE_MARGIN / 2:
             # Too little of the lease left to finish: another dispatcher may take it.
             self._released.append((row.id, row.token))
             return

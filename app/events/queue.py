@@ -207,8 +207,12 @@ class PostgresQueue:
             raw = await self._raw()
             if work.released or work.disable:
                 async with raw.transaction():
-                    await self._extra(raw, work)
+                    if work.released:
+                        ids, tokens = zip(*work.released, strict=True)
+                        await raw.execute(PG_RELEASE, list(ids), list(tokens))
                     rows = await self._main(raw, work)
+                    # After the outcomes: the 410 that disables is recorded as such.
+                    await self._disable(raw, work.disable)
             else:
                 rows = await self._main(raw, work)
         except BaseException:
@@ -219,12 +223,9 @@ class PostgresQueue:
             for r in rows
         ]
 
-    async def _extra(self, raw: Any, work: Round) -> None:
-        if work.released:
-            ids, tokens = zip(*work.released, strict=True)
-            await raw.execute(PG_RELEASE, list(ids), list(tokens))
+    async def _disable(self, raw: Any, disable: list[tuple[str, str]]) -> None:
         now = dt.datetime.now(dt.UTC)
-        for sub_id, reason in work.disable:
+        for sub_id, reason in disable:
             await raw.execute(DISABLE.format(reason="$2", now="$3", id="$1"), sub_id, reason, now)
             await raw.execute(
                 FAIL_PENDING.format(error="$2", id="$1"), sub_id, _failed_disabled(reason)
