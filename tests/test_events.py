@@ -462,3 +462,34 @@ async def test_metrics_and_retention_of_delivered_events(
 
 async def _any_attempted_pending(client: httpx.AsyncClient) -> bool:
     return any(i["status"] == "pending" and i["attempts"] >= 1 for i in await events_of(client))
+
+
+async def test_the_dashboard_shows_waiting_and_failed_events_and_retries_one(
+    app_factory: Any, receiver: ReceiverProcess
+) -> None:
+    from tests.test_dashboard import csrf_of
+
+    receiver.answer(500, body="down for maintenance")
+    async with app_factory(webhook_allow_private=True, webhook_retry_schedule="0.1") as (
+        _,
+        client,
+    ):
+        await subscribe(client, receiver.url)
+        await callback(client, msgid="d1")
+        (item,) = await settled(client, 1, status="failed")
+        page = await client.get("/dashboard/events")
+        assert page.status_code == 200
+        assert 'data-figure="events-failed">1<' in page.text
+        assert "down for maintenance" in page.text and "HTTP 500" in page.text
+        url = f"/dashboard/events/{item['id']}/retry"
+        assert (await client.post(url, data={"csrf": "forged"})).status_code == 403
+        receiver.answer(204)
+        token = csrf_of(page.text)
+        r = await client.post(url, data={"csrf": token})
+        assert r.status_code == 303 and r.headers["location"].endswith(f"retried={item['id']}")
+        await settled(client, 1)
+        page = await client.get(r.headers["location"])
+        assert "will be sent again now" in page.text
+        assert 'data-figure="events-failed">0<' in page.text
+        missing = await client.post("/dashboard/events/99/retry", data={"csrf": token})
+        assert missing.status_code == 404

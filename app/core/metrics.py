@@ -24,6 +24,15 @@ REJECTION_REASONS = (
 )
 UNAVAILABLE_CAUSES = ("database", "saturated", "timeout", "stopping", "quarantine")
 EVENT_TYPES = ("delivery.updated", "callback.rejected")
+EVENT_RESULTS = (
+    "delivered",
+    "http_error",
+    "redirect",
+    "gone",
+    "timeout",
+    "connection_error",
+    "refused",
+)
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -169,3 +178,5 @@ class Metrics:
             self.unavailable.labels(cause)
         for event_type in EVENT_TYPES:
             self.events_created.labels(event_type)
+        for result in EVENT_RESULTS:
+            self.event_attempts.labels(result)

@@ -57,15 +57,6 @@ RETRY_AFTER_CAP = 3600.0
 # Time a claim keeps beyond what its sends can take, for the round trips around them.
 LEASE_MARGIN = 5.0
 WAITING_REFRESH_SECONDS = 5.0
-RESULT_LABELS = (
-    "delivered",
-    "http_error",
-    "redirect",
-    "gone",
-    "timeout",
-    "connection_error",
-    "refused",
-)
 
 
 def lease_seconds(timeout: float) -> float:
@@ -160,8 +151,6 @@ class Dispatcher:
         if outbox is not None and self._sqlite:
             # PostgreSQL's dispatchers hear of new rows by NOTIFY at commit.
             outbox.wake = self.wake_threadsafe
-        for label in RESULT_LABELS:
-            metrics.event_attempts.labels(label)
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import NotFound
@@ -168,15 +168,3 @@ async def retry_event(session: AsyncSession, event_row_id: int) -> Event:
         await session.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
     await session.commit()
     return row
-
-
-async def count_events(session: AsyncSession) -> dict[str, int]:
-    """Event rows by status (the dashboard's figures)."""
-    rows = (
-        await session.execute(
-            select(Event.status, func.count())
-            .where(Event.status != "delivered")
-            .group_by(Event.status)
-        )
-    ).all()
-    return {status: int(count) for status, count in rows}
