@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 help:
 	@echo "make run      - create the virtualenv, migrate the SQLite default, serve on :8000"
 	@echo "make test     - the whole test suite (PostgreSQL tests skip if no server answers)"
-	@echo "make lint     - ruff check, ruff format --check, mypy"
+	@echo "make lint     - ruff check, ruff format --check, mypy, vulture (dead code)"
 	@echo "make migrate  - migrate the database named by DLR_DATABASE_URL"
 	@echo "make bench    - the ingest and read benchmarks (see bench/README.md)"
 
@@ -39,6 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app
+	$(BIN)/vulture
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -26,7 +26,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     if args.migrate or settings.migrate_on_start:
-        cmd_migrate(args, settings)
+        failed = cmd_migrate(args, settings)
+        if failed:
+            return failed
     uvicorn.run(
         "app.main:app",
         host=args.host or settings.host,
@@ -50,15 +52,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Bring the database schema to the newest migration."""
-    from app.db.migrate import upgrade
+    from app.db.engine import shown_url
+    from app.db.migrate import describe_error, upgrade
 
-    upgrade(settings.database_url, getattr(args, "revision", None) or "head")
+    try:
+        upgrade(settings.database_url, getattr(args, "revision", None) or "head")
+    except (OSError, SQLAlchemyError) as exc:
+        print(
+            f"mboxii-dlr: cannot migrate the database {shown_url(settings.database_url)}: "
+            f"{describe_error(exc)}. Check that the server runs and the database exists "
+            "(createdb NAME), or set DLR_DATABASE_URL to another one.",
+            file=sys.stderr,
+        )
+        return 1
     log.info("database schema is at the newest migration")
     return 0
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
-    """Delete deliveries (with their reports) and quarantined requests older than DAYS."""
+    """Delete deliveries (with their reports), quarantined requests and sends (with their
+    numbers) older than DAYS."""
 
     from app.db.engine import create_engine
     from app.db.retention import PurgeResult, cutoff_for, purge
@@ -106,31 +119,18 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
-    from sqlalchemy.ext.asyncio import async_sessionmaker
-
     from app.core.metrics import Metrics
-    from app.db.engine import create_engine
-    from app.events.outbox import EventOutbox
     from app.gateway import MboxiiClient
     from app.gateway.reconcile import Reconciler
-    from app.ingest.writer import Writer
+    from app.state import open_storage
 
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    # Events of the changes stored here are sent by the service's dispatchers.
-    writer = Writer(
-        engine, Metrics(), timeout=settings.ingest_timeout_seconds, effects=[EventOutbox()]
-    )
-    client = MboxiiClient.from_settings(settings)
-    writer.start()
-    try:
-        reconciler = Reconciler(
-            settings, async_sessionmaker(engine, expire_on_commit=False), writer, client
-        )
-        return await reconciler.run_once(everything=everything)
-    finally:
-        await writer.stop()
-        await client.aclose()
-        await engine.dispose()
+    async with open_storage(settings, Metrics()) as storage:
+        client = MboxiiClient.from_settings(settings)
+        try:
+            reconciler = Reconciler(settings, storage.sessionmaker, storage.writer, client)
+            return await reconciler.run_once(everything=everything)
+        finally:
+            await client.aclose()
 
 
 def cmd_simulate_gateway(args: argparse.Namespace, _: Settings | None) -> int:
@@ -197,67 +197,59 @@ def cmd_replay_rejected(args: argparse.Namespace, settings: Settings) -> int:
 
 async def replay_all(settings: Settings, include_replayed: bool) -> int:
     """Replay every quarantined row, oldest first, with its own engine and writer."""
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     from app.core.metrics import Metrics
-    from app.db.engine import create_engine
-    from app.events.outbox import EventOutbox
     from app.ingest.errors import IngestUnavailable
     from app.ingest.quarantine import list_rejected, replay
-    from app.ingest.writer import Writer
+    from app.state import open_storage
 
-    engine = create_engine(settings.database_url, pool_size=2)
-    writer = Writer(
-        engine,
-        Metrics(),
-        batch_size=settings.ingest_batch_size,
-        batch_delay=0,
-        queue_size=settings.ingest_queue_size,
-        timeout=settings.ingest_timeout_seconds,
-        # Events of the changes stored here are sent by the service's dispatchers.
-        effects=[EventOutbox()],
-    )
-    writer.start()
     stored = duplicates = invalid = 0
     last_id = 0
     try:
-        while True:
-            # Pages by id, oldest first, so rows quarantined meanwhile are replayed too and
-            # no more than one page of bodies is held.
-            async with AsyncSession(engine) as session:
-                rows = await list_rejected(
-                    session, 200, after_id=last_id, include_replayed=include_replayed
-                )
-            if not rows:
-                break
-            for row in rows:
-                last_id = row.id
-                result = await replay(engine, writer, settings.zone, row)
-                if result.report is None:
-                    invalid += 1
-                    problems = "; ".join(f"{e['field']} {e['message']}" for e in result.errors)
-                    print(f"#{row.id}: still invalid: {problems}")
-                elif result.new:
-                    stored += 1
-                    print(f"#{row.id}: stored msgid {result.report.msgid}")
-                else:
-                    duplicates += 1
-                    print(f"#{row.id}: already stored (msgid {result.report.msgid})")
+        # One report at a time: waiting for company to fill a batch would only slow it.
+        async with open_storage(settings, Metrics(), pool_size=2, batch_delay=0) as storage:
+            while True:
+                # Pages by id, oldest first, so rows quarantined meanwhile are replayed too
+                # and no more than one page of bodies is held.
+                async with storage.sessionmaker() as session:
+                    rows = await list_rejected(
+                        session, 200, after_id=last_id, include_replayed=include_replayed
+                    )
+                if not rows:
+                    break
+                for row in rows:
+                    last_id = row.id
+                    # One transaction per row marks it replayed (the writer stores the report).
+                    async with storage.sessionmaker.begin() as session:
+                        result = await replay(session, storage.writer, settings.zone, row)
+                    if result.report is None:
+                        invalid += 1
+                        problems = "; ".join(f"{e['field']} {e['message']}" for e in result.errors)
+                        print(f"#{row.id}: still invalid: {problems}")
+                    elif result.new:
+                        stored += 1
+                        print(f"#{row.id}: stored msgid {result.report.msgid}")
+                    else:
+                        duplicates += 1
+                        print(f"#{row.id}: already stored (msgid {result.report.msgid})")
     except (IngestUnavailable, OSError, SQLAlchemyError) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        print(
-            f"mboxii-dlr: the database is unreachable or not migrated ({cause}); stopped",
-            file=sys.stderr,
-        )
+        print(f"mboxii-dlr: {database_problem(settings, exc)}; stopped", file=sys.stderr)
         return 1
-    finally:
-        await writer.stop()
-        await engine.dispose()
     print(
         f"replayed {stored + duplicates} ({stored} new, {duplicates} already stored), "
         f"still invalid {invalid}"
     )
     return 0
+
+
+def database_problem(settings: Settings, exc: BaseException) -> str:
+    """One line on why the database did not serve, naming it (without its password)."""
+    from app.db.engine import shown_url
+    from app.db.migrate import describe_error
+
+    return (
+        f"the database {shown_url(settings.database_url)} is unreachable or not migrated "
+        f"({describe_error(exc)})"
+    )
 
 
 def _rate(value: str) -> float:
@@ -410,9 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    redact.install(settings.secret_values)
+    undo_redaction = redact.install(settings.secret_values)
     func: Command = args.func
-    return func(args, settings)
+    try:
+        return func(args, settings)
+    finally:
+        undo_redaction()
 
 
 if __name__ == "__main__":

@@ -8,19 +8,19 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from importlib import resources
 
 import httpx
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
-from app.api import deliveries, messages, ops, rejected, stats, subscriptions
+from app.api import callbacks, deliveries, messages, ops, rejected, stats, subscriptions
 from app.api.auth import require_api_key
 from app.api.errors import install_error_handlers
 from app.api.params import reject_nul
@@ -28,18 +28,24 @@ from app.core import redact
 from app.core.metrics import Metrics
 from app.core.paths import route_template
 from app.core.settings import Settings, get_settings
-from app.db.engine import create_engine
+from app.dashboard.data import OverviewCache
+from app.db.engine import shown_url
+from app.db.migrate import schema_problem
 from app.db.retention import purge_periodically
 from app.db.throttle import KeyThrottle
 from app.events.dispatcher import Dispatcher
-from app.events.outbox import EventOutbox
-from app.ingest import endpoint as callbacks
-from app.ingest.writer import Writer
+from app.gateway import MboxiiClient
+from app.gateway.reconcile import Reconciler
+from app.ingest.endpoint import CallbackEndpoint
+from app.state import AppState, open_storage
 from app.web.headers import SecurityHeadersMiddleware, page_csp
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.web.overload import install_overload_answer
 
 log = logging.getLogger("mboxii_dlr")
+
+DOCS_ASSETS = "/docs/assets"
+SWAGGER_UI_FILES = str(resources.files("fastapi_offline") / "static")
 
 # Request bodies of the API and the dashboard (the largest, POST /v1/messages, is a few KiB).
 API_MAX_BODY_BYTES = 64 * 1024
@@ -71,6 +77,8 @@ class DlrApp(FastAPI):
     FastAPI as usual."""
 
     callback_app: ASGIApp
+    #: what the routes share; they read it through the dependencies in app/state.py
+    app_state: AppState
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and route_template(scope["path"]) is not None:
@@ -87,89 +95,61 @@ def create_app(
     `gateway_transport` carries the gateway client's requests elsewhere (tests)."""
     settings = settings or get_settings()
     metrics = Metrics()
+    state = AppState(
+        settings=settings,
+        metrics=metrics,
+        dashboard_cache=OverviewCache(),
+        ack_body=settings.callback_ack.encode("utf-8"),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-        # Outbound events are written in the transaction of the change they describe.
-        outbox = EventOutbox(metrics)
-        dispatcher = Dispatcher(engine, settings, metrics, outbox)
-        writer = Writer(
-            engine,
-            metrics,
-            batch_size=settings.ingest_batch_size,
-            batch_delay=settings.ingest_batch_delay_ms / 1000,
-            queue_size=settings.ingest_queue_size,
-            timeout=settings.ingest_timeout_seconds,
-            effects=[outbox],
-        )
-        app.state.engine = engine
-        app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        app.state.writer = writer
-        app.state.outbox = outbox
-        app.state.dispatcher = dispatcher
-        app.state.key_throttle = KeyThrottle(engine)
-        if not settings.callback_tokens:
-            log.warning(
-                "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
-                "without a secret; set tokens before exposing this service"
-            )
-        for name, problem in settings.weak_secrets():
-            # Production refuses these (app.core.settings); a trial setup is only told.
-            log.warning(
-                "%s holds %s, which can be guessed (DLR_ENV=production refuses it); use long "
-                "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
-                name,
-                problem,
-            )
-        # Each worker process builds its app here, so these hold for every worker.
-        redact.install(settings.secret_values)
-        install_overload_answer(settings.retry_after_seconds)
-        writer.start()
-        if settings.webhook_dispatch:
-            dispatcher.start()
-        # Everything built so far lives as long as the process: keep it out of the cyclic
-        # garbage collector's full passes, which otherwise stall requests for tens of ms.
-        gc.collect()
-        gc.freeze()
-        purger: asyncio.Task[None] | None = None
-        if settings.retention_days:
-            interval = settings.retention_interval_seconds
-            purger = asyncio.create_task(
-                purge_periodically(
-                    engine, settings.retention_days, interval, first_delay=min(30.0, interval)
-                ),
-                name="mboxii-dlr-retention",
-            )
-        reconciler = None
-        if settings.mboxii_configured:
-            from app.gateway import MboxiiClient
-            from app.gateway.reconcile import Reconciler
-
-            gateway = MboxiiClient.from_settings(
-                settings,
-                transport=gateway_transport,
-                observe=lambda interface, result: metrics.gateway_requests.labels(
-                    interface, result
-                ).inc(),
-            )
-            app.state.gateway = gateway
-            reconciler = Reconciler(settings, app.state.sessionmaker, writer, gateway)
-            app.state.reconciler = reconciler
-            reconciler.start()
-        try:
+        # Everything entered here is left in reverse order at shutdown, process-wide changes
+        # included, so an app that stopped leaves the process as it found it.
+        async with contextlib.AsyncExitStack() as stack:
+            # Each worker process builds its app here, so these hold for every worker.
+            stack.callback(redact.install(settings.secret_values))
+            stack.callback(install_overload_answer(settings.retry_after_seconds))
+            warn_about_secrets(settings)
+            state.storage = await stack.enter_async_context(open_storage(settings, metrics))
+            state.key_throttle = KeyThrottle(state.engine)
+            state.dispatcher = Dispatcher(state.engine, settings, metrics, state.outbox)
+            if settings.webhook_dispatch:
+                state.dispatcher.start()
+            # Left before the storage: the writer may still commit events for the others.
+            stack.push_async_callback(state.dispatcher.stop)
+            await report_database(state.engine, settings.database_url)
+            if settings.mboxii_configured:
+                gateway = MboxiiClient.from_settings(
+                    settings,
+                    transport=gateway_transport,
+                    observe=lambda interface, result: metrics.gateway_requests.labels(
+                        interface, result
+                    ).inc(),
+                )
+                stack.push_async_callback(gateway.aclose)
+                reconciler = Reconciler(settings, state.sessionmaker, state.writer, gateway)
+                reconciler.start()
+                stack.push_async_callback(reconciler.stop)
+                state.gateway, state.reconciler = gateway, reconciler
+            if settings.retention_days:
+                interval = settings.retention_interval_seconds
+                purger = asyncio.create_task(
+                    purge_periodically(
+                        state.engine,
+                        settings.retention_days,
+                        interval,
+                        first_delay=min(30.0, interval),
+                    ),
+                    name="mboxii-dlr-retention",
+                )
+                stack.push_async_callback(cancel_and_wait, purger)
+            # Everything built so far lives as long as the process: keep it out of the cyclic
+            # garbage collector's full passes, which otherwise stall requests for tens of ms.
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
             yield
-        finally:
-            if purger is not None:
-                purger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purger
-            if reconciler is not None:
-                await reconciler.stop()
-                await reconciler.client.aclose()
-            await dispatcher.stop()
-            await writer.stop()
-            await engine.dispose()
 
     app = DlrApp(
         title="mboxii-dlr",
@@ -182,11 +162,11 @@ def create_app(
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.ack_body = settings.callback_ack.encode("utf-8")
-    install_error_handlers(app)
+    app.app_state = state
+    install_error_handlers(app, settings)
     app.include_router(ops.router)
+    # Documentation only: DlrApp serves these paths before FastAPI routes anything.
+    app.include_router(callbacks.router)
     # Every /v1 route sits behind the API keys; the callback path never does.
     v1 = [Depends(require_api_key), Depends(reject_nul)]
     for router in (stats.router, rejected.router, subscriptions.router):
@@ -215,12 +195,20 @@ def create_app(
         SecurityHeadersMiddleware, no_store_prefixes=("/v1", "/healthz", "/readyz", "/metrics")
     )
     # Added last, so it is the outermost; the callback gets its own copy (see DlrApp).
-    app.add_middleware(RequestContextMiddleware, state=app.state)
-    app.callback_app = RequestContextMiddleware(callbacks.CallbackEndpoint(app.state), app.state)
+    app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics)
+    app.callback_app = RequestContextMiddleware(
+        CallbackEndpoint(state), settings=settings, metrics=metrics
+    )
 
+    # The Swagger UI's files come with the fastapi-offline package, so /docs works without
+    # reaching a CDN (offline, or behind a strict egress policy).
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_UI_FILES), name="docs-assets")
     docs = get_swagger_ui_html(
         openapi_url=app.openapi_url or "/openapi.json",
         title=f"{app.title} - API documentation",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
         # No validator badge: it would load an image from validator.swagger.io.
         swagger_ui_parameters={"validatorUrl": None},
     )
@@ -231,21 +219,41 @@ def create_app(
         """Serve the Swagger UI with a CSP that allows exactly what it loads."""
         return HTMLResponse(bytes(docs.body), headers=docs_headers)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            # The callback is served by a lean ASGI route; document it all the same.
-            schema["paths"] = {**callbacks.OPENAPI_PATHS, **schema["paths"]}
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def warn_about_secrets(settings: Settings) -> None:
+    if not settings.callback_tokens:
+        log.warning(
+            "DLR_CALLBACK_TOKENS is empty: callbacks are accepted on /callbacks/mboxii "
+            "without a secret; set tokens before exposing this service"
+        )
+    for name, problem in settings.weak_secrets():
+        # Production refuses these (app.core.settings); a trial setup is only told.
+        log.warning(
+            "%s holds %s, which can be guessed (DLR_ENV=production refuses it); use long "
+            "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            name,
+            problem,
+        )
+
+
+async def report_database(engine: AsyncEngine, database_url: str) -> None:
+    """Say at start-up when the database cannot serve; the app starts all the same (it
+    answers 503 meanwhile, and /readyz says why) and recovers once the database does."""
+    problem = await schema_problem(engine)
+    if problem is not None:
+        log.error(
+            "database %s: %s; serving anyway, /readyz answers 503 until this is fixed",
+            shown_url(database_url),
+            problem,
+        )
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 app = create_app()

@@ -63,15 +63,19 @@ class FakeGateway:
 
 @asynccontextmanager
 async def service(
-    database_url: str, gateway: FakeGateway | None = None, **overrides: Any
+    database_url: str,
+    gateway: FakeGateway | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient, FakeGateway]]:
-    """The app with a gateway account whose requests go to `gateway`; the client sends the
-    API key. The background reconciler is stopped so tests drive reconciliation."""
+    """The app with a gateway account whose requests go to `gateway` (or to `transport`,
+    which may wrap it); the client sends the API key. The background reconciler is stopped
+    so tests drive reconciliation."""
     gateway = gateway or FakeGateway()
     settings = make_settings(database_url, **{**ACCOUNT, **overrides})
-    app = create_app(settings, gateway_transport=gateway.transport())
+    app = create_app(settings, gateway_transport=transport or gateway.transport())
     async with app.router.lifespan_context(app):
-        await app.state.reconciler.stop()
+        await app.app_state.reconciler.stop()
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
         async with httpx.AsyncClient(
             transport=transport, base_url="http://testserver", headers={"x-api-key": API_KEY}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 import time
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.db.engine import create_engine
 from app.db.models import Delivery, Rejected, Report
@@ -196,15 +198,14 @@ def consistency_problems(database_url: str) -> list[Any]:
 async def database_gone(app: Any) -> AsyncIterator[None]:
     """Point the app's reads (its engine and sessions) at a PostgreSQL that does not answer,
     and back at the live database afterwards."""
-    live_engine, live_bind = app.state.engine, app.state.sessionmaker.kw["bind"]
+    state = app.app_state
+    live = state.storage
     dead = create_engine("postgresql://postgres@127.0.0.1:1/none")
-    app.state.engine = dead
-    app.state.sessionmaker.configure(bind=dead)
+    state.storage = dataclasses.replace(live, engine=dead, sessionmaker=async_sessionmaker(dead))
     try:
         yield
     finally:
-        app.state.engine = live_engine
-        app.state.sessionmaker.configure(bind=live_bind)
+        state.storage = live
         await dead.dispose()
 
 

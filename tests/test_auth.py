@@ -48,7 +48,7 @@ async def test_refused_keys_on_v1_lock_the_address_even_for_a_right_key(
         app,
         client,
     ):
-        throttle = app.state.key_throttle
+        throttle = app.app_state.key_throttle
         guesser = {"x-forwarded-for": "203.0.113.50"}
         for _ in range(throttle.allowed + 5):  # asking without a key guesses nothing
             assert (await client.get("/v1/stats", headers=guesser)).status_code == 401
@@ -70,11 +70,11 @@ async def test_the_key_throttle_counts_across_processes(app_factory: Any) -> Non
     async with app_factory(**keys) as (one, a), app_factory(**keys) as (two, b):
         now = [10_000.0]
         for app in (one, two):
-            app.state.key_throttle.clock = lambda: now[0]
+            app.app_state.key_throttle.clock = lambda: now[0]
         guesser = {"x-forwarded-for": "203.0.113.51"}
         right = {**guesser, "x-api-key": "key-one"}
         assert (await a.get("/v1/stats", headers=right)).status_code == 200
-        allowed = one.state.key_throttle.allowed
+        allowed = one.app_state.key_throttle.allowed
         for i in range(allowed):  # the guesses spread over two processes
             client = a if i % 2 else b
             r = await client.get("/v1/stats", headers={**guesser, "x-api-key": f"guess-{i}"})
@@ -83,5 +83,5 @@ async def test_the_key_throttle_counts_across_processes(app_factory: Any) -> Non
         assert (await a.get("/v1/stats", headers=right)).status_code == 429
         # the other one read the address as free a moment ago; once what it read is older
         # than the cache's few seconds, it refuses too
-        now[0] += two.state.key_throttle.cache_seconds
+        now[0] += two.app_state.key_throttle.cache_seconds
         assert (await b.get("/v1/stats", headers=right)).status_code == 429

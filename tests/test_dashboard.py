@@ -265,7 +265,7 @@ async def test_quarantine_view_masks_bodies_and_replays_with_csrf(app_factory: A
     fields = report(msgid="late", mobile="0911222333", donetime=taipei_ago(-6 * 60))
     async with app_factory(gateway_timezone="Etc/GMT+12") as (_, client):
         assert (await client.post(CB, data=fields)).status_code == 422
-    async with app_factory() as (_, client):
+    async with app_factory() as (app, client):
         assert (await client.post(CB, data=quarantined_report())).status_code == 422
         page = await client.get("/dashboard/rejected")
         assert page.status_code == 200
@@ -284,7 +284,7 @@ async def test_quarantine_view_masks_bodies_and_replays_with_csrf(app_factory: A
             r = await client.post(url, data=form, headers=headers)
             assert r.status_code == 403, (form, headers)
             assert "Form refused" in r.text
-        other = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+        other = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://testserver")
         async with other:
             r = await other.post(url, data={"csrf": token})  # another browser, no session
             assert r.status_code == 403
@@ -306,9 +306,8 @@ async def test_quarantine_view_masks_bodies_and_replays_with_csrf(app_factory: A
         assert r.status_code == 404
 
 
-async def test_dashboard_says_so_when_the_database_is_gone(client: httpx.AsyncClient) -> None:
-    transport: Any = client._transport
-    async with database_gone(transport.app):
+async def test_dashboard_says_so_when_the_database_is_gone(app_factory: Any) -> None:
+    async with app_factory() as (app, client), database_gone(app):
         r = await client.get("/dashboard")
         assert r.status_code == 503
         assert "Database unreachable" in r.text
@@ -380,8 +379,8 @@ async def test_removing_a_key_ends_its_sessions(app_factory: Any) -> None:
 
 
 async def test_cookie_is_secure_over_https_and_behind_a_trusted_proxy(app_factory: Any) -> None:
-    async with app_factory(api_keys=KEYS) as (_, client):
-        https = httpx.AsyncClient(transport=client._transport, base_url="https://testserver")
+    async with app_factory(api_keys=KEYS) as (app, client):
+        https = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="https://testserver")
         async with https:
             r = await log_in(https)
             assert "; Secure" in r.headers["set-cookie"]
@@ -422,7 +421,7 @@ async def test_many_wrong_keys_from_one_address_lock_its_login_for_a_while(
     app_factory: Any,
 ) -> None:
     async with app_factory(api_keys=KEYS, trusted_proxies="127.0.0.1/32") as (app, client):
-        throttle = app.state.key_throttle
+        throttle = app.app_state.key_throttle
         now = [1000.0]
         throttle.clock = lambda: now[0]
         guesser = {"x-forwarded-for": "203.0.113.9"}
@@ -454,7 +453,7 @@ async def test_many_wrong_keys_from_one_address_lock_its_login_for_a_while(
 
 async def test_the_login_lock_counts_an_ipv6_client_by_its_64(app_factory: Any) -> None:
     async with app_factory(api_keys=KEYS, trusted_proxies="127.0.0.1/32") as (app, client):
-        throttle = app.state.key_throttle
+        throttle = app.app_state.key_throttle
         for i in range(throttle.allowed):  # a new address of the same /64 for each guess
             rotating = {"x-forwarded-for": f"2001:db8:1:2::{i + 1:x}"}
             r = await client.post("/dashboard/login", data={"key": "guess"}, headers=rotating)
@@ -471,7 +470,7 @@ async def test_refused_logins_from_everywhere_pause_logins_for_everyone(
     app_factory: Any,
 ) -> None:
     async with app_factory(api_keys=KEYS, trusted_proxies="127.0.0.1/32") as (app, client):
-        throttle = app.state.key_throttle
+        throttle = app.app_state.key_throttle
         now = [5000.0]
         throttle.clock = lambda: now[0]
         cap = throttle.login_failures_per_minute
@@ -529,7 +528,7 @@ async def test_the_shared_figures_equal_the_stats_and_reread_closed_days(
     async with app_factory() as (app, client):
         await seed(client)
         cache, eager = OverviewCache(fresh=0, closed=3600), OverviewCache(fresh=0, closed=0)
-        async with app.state.sessionmaker() as session:
+        async with app.app_state.sessionmaker() as session:
             shared = await cache.get(session, zone)
             direct = await stats_window(session, zone, "day", DAYS, shared.now)
         assert shared.days == direct
@@ -539,7 +538,7 @@ async def test_the_shared_figures_equal_the_stats_and_reread_closed_days(
         today = report(ID="B4", msgid="now", donetime=taipei_ago(0))
         for fields in (two_days_ago, today):
             assert (await client.post(CB, data=fields)).status_code == 200
-        async with app.state.sessionmaker() as session:
+        async with app.app_state.sessionmaker() as session:
             # the closed days are kept for an hour here; today and the last 24 hours are not
             kept = await cache.get(session, zone)
             assert kept.days["totals"]["deliveries"] == 8
@@ -557,8 +556,8 @@ async def test_a_recorded_send_without_reports_has_a_batch_view(app_factory: Any
     message = OutboundMessage(("+886911222333", "+886922161529"), "hello", "chinese", None)
     result = SendResult("S77", "now", "SendSMS", "00\nS77")
     async with app_factory() as (app, client):
-        app.state.dashboard_cache = OverviewCache(fresh=0)  # every page reads afresh
-        async with app.state.sessionmaker() as session:
+        app.app_state.dashboard_cache = OverviewCache(fresh=0)  # every page reads afresh
+        async with app.app_state.sessionmaker.begin() as session:
             await record_send(session, message, result, created_at=now, next_check_at=now)
         r = await client.get("/dashboard/search", params={"q": "S77"})
         assert r.headers["location"] == "/dashboard/batches/S77"

@@ -454,7 +454,7 @@ async def test_metrics_and_retention_of_delivered_events(
                 await conn.execute(text("UPDATE events SET created_at = :old"), {"old": old})
         finally:
             await engine.dispose()
-        result = await purge(app.state.engine, cutoff_for(30))
+        result = await purge(app.app_state.engine, cutoff_for(30))
         assert result.events == 2
         left = await events_of(client)
         assert [i["payload"]["data"]["msgid"] for i in left] == ["m3"]

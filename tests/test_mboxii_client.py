@@ -18,7 +18,6 @@ from app.gateway.errors import (
     AddressNotAccepted,
     ApiNotEnabled,
     AuthenticationFailed,
-    GatewayBadAnswer,
     GatewayError,
     GatewayRefused,
     GatewaySystemError,
@@ -41,6 +40,7 @@ from app.gateway.errors import (
     SiteSuspended,
     TooManyNumbers,
     UnknownCode,
+    UnreadableAnswer,
 )
 from app.gateway.rules import InvalidMessage, OutboundMessage
 
@@ -301,7 +301,7 @@ async def test_every_plausible_layout_of_an_error_code(answer: str) -> None:
 @pytest.mark.parametrize("answer", ["", "  ", "<html><body></body></html>", "error", "00", "OK"])
 async def test_an_unreadable_send_answer_is_a_bad_answer(answer: str) -> None:
     async with client_with(answering(answer)) as client:
-        with pytest.raises(GatewayBadAnswer) as exc:
+        with pytest.raises(UnreadableAnswer) as exc:
             await client.send(prepare(), "")
     assert exc.value.raw == answer
     assert exc.value.interface == "SendSMS"

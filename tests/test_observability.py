@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -184,16 +185,41 @@ async def test_access_log_shows_the_template_and_carries_the_request_id(
 async def test_acknowledged_callbacks_are_summarised_not_logged_one_by_one(
     app_factory: Callable[..., Any], log_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
-    async with app_factory(callback_tokens=[TOKEN]) as (app, client):
+    async with app_factory(callback_tokens=[TOKEN]) as (_, client):
         for _ in range(3):
             assert (await client.post(f"/callbacks/mboxii/{TOKEN}", data=SEED_REPORT)).is_success
         assert (await client.post(f"/callbacks/mboxii/{TOKEN}", data={})).status_code == 422
-        app.state.writer._log_summary()
+        assert not [line for line in log_lines() if line["message"].startswith("ingest:")]
+    # the writer writes its summary each minute, and what is left when it stops
     lines = log_lines()
     access = [line for line in lines if line["logger"] == "mboxii_dlr.access"]
     assert [(a["route"], a["status"]) for a in access] == [("/callbacks/mboxii/{token}", 422)]
     (summary,) = [line for line in lines if line["message"].startswith("ingest:")]
     assert "1 reports stored, 2 duplicates, in 3 commits" in summary["message"]
+
+
+async def test_a_stopped_app_leaves_the_process_as_it_found_it(
+    app_factory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # What start-up changes for the whole process (log redaction, uvicorn's overload answer,
+    # the frozen garbage-collector generation) is undone at shutdown: apps built one after
+    # another, as tests build them, never see each other's.
+    from uvicorn.protocols.http import h11_impl
+
+    plain_factory, plain_answer = logging.getLogRecordFactory(), h11_impl.service_unavailable
+    async with app_factory(callback_tokens=[TOKEN]):
+        assert logging.getLogRecordFactory() is not plain_factory
+        assert h11_impl.service_unavailable is not plain_answer
+        assert gc.get_freeze_count() > 0
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("x").info("token %s", TOKEN)
+    assert logging.getLogRecordFactory() is plain_factory
+    assert h11_impl.service_unavailable is plain_answer
+    assert gc.get_freeze_count() == 0
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("x").info("token %s", TOKEN)
+    mine = [r.getMessage() for r in caplog.records if r.name == "x"]
+    assert mine == ["token ***", f"token {TOKEN}"]
 
 
 async def test_access_log_can_be_turned_off(

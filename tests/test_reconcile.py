@@ -88,13 +88,13 @@ async def make_due(app: Any, batch_id: str | None = None) -> None:
     stmt = update(Send).where(Send.next_check_at.is_not(None)).values(next_check_at=past)
     if batch_id is not None:
         stmt = stmt.where(Send.batch_id == batch_id)
-    async with app.state.sessionmaker() as session:
+    async with app.app_state.sessionmaker() as session:
         await session.execute(stmt)
         await session.commit()
 
 
 async def stored_send(app: Any, batch_id: str) -> Send:
-    async with app.state.sessionmaker() as session:
+    async with app.app_state.sessionmaker() as session:
         return (await session.scalars(select(Send).where(Send.batch_id == batch_id))).one()
 
 
@@ -117,10 +117,10 @@ async def test_lost_callbacks_are_recovered_as_poll_reports(database_url: str) -
             ]
         )
         # not due yet: nothing asked
-        assert (await app.state.reconciler.run_once()).checked == 0
+        assert (await app.app_state.reconciler.run_once()).checked == 0
         assert gateway.calls("CheckSMS") == []
         await make_due(app)
-        result = await app.state.reconciler.run_once()
+        result = await app.app_state.reconciler.run_once()
         assert (result.checked, result.reports_new, result.complete) == (1, 2, 1)
         [asked] = gateway.calls("CheckSMS")
         assert (asked["ID"], asked["T"]) == (batch, "")
@@ -145,7 +145,7 @@ async def test_lost_callbacks_are_recovered_as_poll_reports(database_url: str) -
         assert m1["reports"] == 1 and len(m1["history"]) == 1
         # and nothing more to ask
         await make_due(app)
-        assert (await app.state.reconciler.run_once()).checked == 0
+        assert (await app.app_state.reconciler.run_once()).checked == 0
 
 
 async def test_a_poll_of_a_message_whose_callback_came_is_a_duplicate(database_url: str) -> None:
@@ -156,15 +156,15 @@ async def test_a_poll_of_a_message_whose_callback_came_is_a_duplicate(database_u
         gateway.checks[batch] = f"MSGID={batch}\n{line}\nOK=1\nFAIL=0\nWAIT=0"
         await make_due(app)
         # the callback lands while the check is under way, after pending was computed
-        original = app.state.reconciler.client.check
+        original = app.app_state.reconciler.client.check
 
         async def check_with_callback_meanwhile(*args: Any, **kwargs: Any) -> Any:
             cb = report(ID=batch, msgid="m0", mobile=NUMBERS[0], donetime=done)
             assert (await client.post("/callbacks/mboxii/tok-1", data=cb)).status_code == 200
             return await original(*args, **kwargs)
 
-        app.state.reconciler.client.check = check_with_callback_meanwhile
-        result = await app.state.reconciler.run_once()
+        app.app_state.reconciler.client.check = check_with_callback_meanwhile
+        result = await app.app_state.reconciler.run_once()
         assert (result.reports_new, result.reports_duplicate, result.complete) == (0, 1, 1)
         m0 = (await client.get("/v1/deliveries/m0")).json()
         assert m0["reports"] == 1
@@ -180,7 +180,7 @@ async def test_a_scheduled_send_not_yet_out_is_asked_later_without_error(
         batch = await send(client, send_at=slot.isoformat())
         gateway.checks[batch] = "24"
         await make_due(app)
-        result = await app.state.reconciler.run_once()
+        result = await app.app_state.reconciler.run_once()
         assert (result.checked, result.not_sent_yet, result.errors) == (1, 1, 0)
         [asked] = gateway.calls("CheckSMS")
         assert asked["T"] == "Time"
@@ -188,7 +188,7 @@ async def test_a_scheduled_send_not_yet_out_is_asked_later_without_error(
         assert stored.check_errors == 0 and stored.checks == 1
         assert stored.next_check_at is not None and stored.next_check_at > slot
         # a pass right after asks nothing: it is not due
-        assert (await app.state.reconciler.run_once()).checked == 0
+        assert (await app.app_state.reconciler.run_once()).checked == 0
 
 
 async def test_errors_back_off_per_send_and_globally(database_url: str) -> None:
@@ -199,13 +199,13 @@ async def test_errors_back_off_per_send_and_globally(database_url: str) -> None:
         gateway.checks[lost] = "21"  # the gateway knows no such ID: this send's problem
         gateway.checks[other] = f"MSGID={other}\nWAIT=1"
         await make_due(app)
-        result = await app.state.reconciler.run_once()
+        result = await app.app_state.reconciler.run_once()
         assert (result.checked, result.errors) == (2, 1)
         first = await stored_send(app, lost)
         assert first.check_errors == 1 and "RecordNotFound" in (first.last_check_result or "")
         assert first.next_check_at is not None
         await make_due(app, lost)
-        await app.state.reconciler.run_once()
+        await app.app_state.reconciler.run_once()
         second = await stored_send(app, lost)
         assert second.check_errors == 2
         # the second delay doubles the first
@@ -219,12 +219,12 @@ async def test_errors_back_off_per_send_and_globally(database_url: str) -> None:
         gateway.answers["CheckSMS"] = "99"
         await make_due(app)
         calls = len(gateway.calls("CheckSMS"))
-        result = await app.state.reconciler.run_once()
+        result = await app.app_state.reconciler.run_once()
         assert result.errors >= 1
         after_error = len(gateway.calls("CheckSMS"))
         assert after_error - calls == 1  # the other send waited for the pause
         await make_due(app)
-        assert (await app.state.reconciler.run_once()).checked == 0
+        assert (await app.app_state.reconciler.run_once()).checked == 0
         assert len(gateway.calls("CheckSMS")) == after_error
 
 
@@ -234,18 +234,18 @@ async def test_unreachable_gateway_pauses_too(database_url: str) -> None:
             await send(client, [number])
         gateway.answers["CheckSMS"] = httpx.ConnectError("refused")
         await make_due(app)
-        result = await app.state.reconciler.run_once()
+        result = await app.app_state.reconciler.run_once()
         assert (result.checked, result.errors) == (1, 1)
 
 
 async def test_give_up_after_the_give_up_age(database_url: str) -> None:
     async with service(database_url, reconcile_give_up_after="1h") as (app, client, gateway):
         batch = await send(client)
-        async with app.state.sessionmaker() as session:
+        async with app.app_state.sessionmaker() as session:
             old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
             await session.execute(update(Send).values(created_at=old, next_check_at=old))
             await session.commit()
-        result = await app.state.reconciler.run_once()
+        result = await app.app_state.reconciler.run_once()
         assert (result.gave_up, result.checked) == (1, 0)
         assert gateway.calls("CheckSMS") == []
         stored = await stored_send(app, batch)
@@ -260,7 +260,7 @@ async def test_cancelled_sends_are_not_asked_about(database_url: str) -> None:
         batch = await send(client, send_at=slot.isoformat())
         assert (await client.delete(f"/v1/messages/{batch}")).status_code == 200
         await make_due(app)
-        assert (await app.state.reconciler.run_once(everything=True)).checked == 0
+        assert (await app.app_state.reconciler.run_once(everything=True)).checked == 0
     assert gateway.calls("CheckSMS") == []
 
 
@@ -279,16 +279,17 @@ async def test_at_most_n_checks_at_once(database_url: str) -> None:
         in_flight -= 1
         return httpx.Response(200, text="MSGID=1\nWAIT=1")
 
-    async with service(database_url, gateway, reconcile_concurrency=2, reconcile_rate=1000) as (
-        app,
-        client,
-        _,
-    ):
-        app.state.reconciler.client._http._transport = httpx.MockTransport(slow_check)
+    async with service(
+        database_url,
+        gateway,
+        httpx.MockTransport(slow_check),
+        reconcile_concurrency=2,
+        reconcile_rate=1000,
+    ) as (app, client, _):
         for i in range(6):
             await send(client, [f"09123456{i:02d}"])
         await make_due(app)
-        result = await app.state.reconciler.run_once()
+        result = await app.app_state.reconciler.run_once()
     assert result.checked == 6
     assert most == 2
 
@@ -310,7 +311,7 @@ async def test_checks_are_spaced_evenly_at_the_rate(database_url: str) -> None:
         for i in range(5):
             await send(client, [f"09123457{i:02d}"])
         await make_due(app)
-        assert (await app.state.reconciler.run_once()).checked == 5
+        assert (await app.app_state.reconciler.run_once()).checked == 5
     gaps = [b - a for a, b in itertools.pairwise(asked_at)]
     assert len(gaps) == 4 and min(gaps) > 0.04, gaps
 

@@ -16,7 +16,7 @@ from sqlalchemy import insert, select, text, update
 
 from app.db.engine import create_engine
 from app.db.models import Delivery, Rejected, Report, Send, SendNumber
-from app.db.retention import PurgeResult, _delete_deliveries, cutoff_for, purge
+from app.db.retention import PurgeResult, cutoff_for, delete_deliveries, purge
 from tests.conftest import ROOT, clean_postgres, make_settings, report, running_app
 from tests.helpers import (
     async_table_counts,
@@ -139,7 +139,7 @@ async def test_purge_deletes_old_deliveries_with_their_reports_in_batches(
                 PurgeResult(result.deliveries, result.reports, result.rejected, result.sends)
             )
 
-        result = await purge(app.state.engine, cutoff_for(30), batch_size=2, progress=progress)
+        result = await purge(app.app_state.engine, cutoff_for(30), batch_size=2, progress=progress)
         assert (result.deliveries, result.reports, result.rejected, result.sends) == (7, 14, 3, 2)
         # progress came batch by batch, counting up
         assert len(seen) >= 4
@@ -147,7 +147,7 @@ async def test_purge_deletes_old_deliveries_with_their_reports_in_batches(
         assert seen[-1] == result
         assert max(p.deliveries - q.deliveries for p, q in zip(seen[1:], seen, strict=False)) <= 2
 
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             left = set((await conn.scalars(select(Delivery.msgid))).all())
             mixed = (await conn.scalars(select(Report).where(Report.msgid == "mixed"))).all()
             ids = set((await conn.scalars(select(Rejected.id))).all())
@@ -162,7 +162,7 @@ async def test_purge_deletes_old_deliveries_with_their_reports_in_batches(
             "rejected": 2,
         }
         # nothing left to do the second time
-        again = await purge(app.state.engine, cutoff_for(30))
+        again = await purge(app.app_state.engine, cutoff_for(30))
         assert (again.deliveries, again.reports, again.rejected, again.sends) == (0, 0, 0, 0)
         assert (await client.get("/v1/deliveries/old0")).status_code == 404
         assert (await client.get("/v1/deliveries/new0")).json()["reports"] == 2
@@ -188,10 +188,10 @@ async def test_purge_beside_ingest_loses_no_acknowledged_report(
                     acknowledged.add(f"m{i}")
 
         purged, _ = await asyncio.gather(
-            purge(app.state.engine, cutoff_for(30), batch_size=7), late_reports()
+            purge(app.app_state.engine, cutoff_for(30), batch_size=7), late_reports()
         )
         assert len(acknowledged) == 100
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             expired = set(
                 (await conn.scalars(select(Report.msgid).where(Report.status == "EXPIRED"))).all()
             )
@@ -287,7 +287,7 @@ async def test_consistency_check_would_notice_an_orphan(
     """The consistency helper the retention tests rely on does see a broken table."""
     async with app_factory() as (app, client):
         await post_all(client, [report(msgid="a"), report(msgid="b")])
-        async with app.state.engine.begin() as conn:
+        async with app.app_state.engine.begin() as conn:
             await conn.execute(text("DELETE FROM deliveries WHERE msgid = 'a'"))
     assert len(await asyncio.to_thread(consistency_problems, database_url)) == 1
 
@@ -302,10 +302,10 @@ async def test_a_delivery_refreshed_after_the_scan_is_kept(
         await age(database_url, ["race", "gone"])
         body = report(msgid="race", statusstr="EXPIRED", statuscode="0")
         assert (await client.post(CB, data=body)).status_code == 200
-        result = PurgeResult()
         keys = [("race", "+886922161529"), ("gone", "+886922161529")]
-        await _delete_deliveries(app.state.engine, keys, cutoff_for(30), result)
-        assert (result.deliveries, result.reports) == (1, 1)
+        async with app.app_state.engine.begin() as connection:
+            deleted = await delete_deliveries(connection, keys, cutoff_for(30))
+        assert deleted == (1, 1)
         assert (await client.get("/v1/deliveries/race")).json()["reports"] == 2
     assert (await asyncio.to_thread(consistency_problems, database_url)) == []
 
@@ -319,16 +319,15 @@ async def test_purge_skips_rows_ingest_holds(postgres_url: str) -> None:
     async with running_app(make_settings(database_url)) as (app, client):
         await post_all(client, [report(msgid="held"), report(msgid="free")])
         await age(database_url, ["held", "free"])
-        async with app.state.engine.connect() as holder:
+        async with app.app_state.engine.connect() as holder:
             await holder.execute(
                 text("UPDATE deliveries SET reports = reports WHERE msgid = 'held'")
             )
-            result = PurgeResult()
             keys = [("held", "+886922161529"), ("free", "+886922161529")]
-            async with asyncio.timeout(20):
-                await _delete_deliveries(app.state.engine, keys, cutoff_for(30), result)
-            assert (result.deliveries, result.reports) == (1, 1)
+            async with asyncio.timeout(20), app.app_state.engine.begin() as connection:
+                deleted = await delete_deliveries(connection, keys, cutoff_for(30))
+            assert deleted == (1, 1)
             await holder.rollback()
-        again = await purge(app.state.engine, cutoff_for(30))
+        again = await purge(app.app_state.engine, cutoff_for(30))
         assert again.deliveries == 1
     assert (await asyncio.to_thread(table_counts, database_url))["reports"] == 0

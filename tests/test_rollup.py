@@ -67,7 +67,7 @@ async def test_rollup_matches_deliveries_after_random_traffic(app_factory: Any) 
                 ),
             )
             assert r.status_code == 200
-        async with app.state.sessionmaker() as session:
+        async with app.app_state.sessionmaker() as session:
             assert await _rollup(session) == await _direct(session)
             # deletes (retention) keep it exact too
             await session.execute(delete(Delivery).where(Delivery.msgid.in_(["m1", "m2", "m3"])))
@@ -159,7 +159,7 @@ async def test_stats_summed_per_hour_or_day_in_sql_equal_a_scan(app_factory: Any
         start = dt.datetime(2026, 11, 17, 13, 7, tzinfo=dt.UTC)
         end = dt.datetime(2026, 11, 23, 2, 50, tzinfo=dt.UTC)
         units = set()
-        async with app.state.sessionmaker() as session:
+        async with app.app_state.sessionmaker() as session:
             for zone_name in ("UTC", "Asia/Taipei", "Asia/Kathmandu", "Europe/Berlin"):
                 zone = ZoneInfo(zone_name)
                 for interval in ("hour", "day"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,14 +11,13 @@ import pytest
 from sqlalchemy import func, select, text
 
 from app.db.models import Delivery, Rejected, Report
-from app.ingest.writer import Writer
 from tests.conftest import SEED_REPORT, report
 
 CB = "/callbacks/mboxii"
 
 
 async def count(app: Any, model: Any) -> int:
-    async with app.state.engine.connect() as conn:
+    async with app.app_state.engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(model))).scalar_one())
 
 
@@ -141,7 +139,7 @@ async def test_invalid_is_422_with_errors_and_quarantined_once(app_factory: Any)
         for _ in range(4):
             again = await client.post(CB + "?extra=1", data=bad)
             assert again.json()["rejected_id"] == body["rejected_id"]
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             rows = (await conn.execute(select(Rejected))).all()
         assert len(rows) == 1
         row = rows[0]
@@ -161,7 +159,7 @@ async def test_malformed_body_is_422_and_keeps_raw_bytes(app_factory: Any) -> No
         raw = b'{"ID": "1", \xff'
         r = await client.post(CB, content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             row = (await conn.execute(select(Rejected))).one()
         assert row.reason == "malformed_body"
         assert row.body == raw
@@ -278,35 +276,33 @@ async def test_delivery_404_and_409(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/deliveries/208217564", params={"mobile": "x"})).status_code == 422
 
 
-async def test_503_when_the_database_is_gone(app_factory: Any, database_url: str) -> None:
-    async with app_factory(ingest_timeout_seconds=5) as (app, client):
-        # Point the writer and quarantine at a database that cannot be reached.
-        from app.db.engine import create_engine
+@pytest.mark.parametrize(
+    "dead_url",
+    [
+        # a file with no tables: every write fails as an outage would
+        "sqlite:///{tmp}/never-migrated.db",
+        pytest.param("postgresql://postgres@127.0.0.1:1/none", marks=pytest.mark.postgres),
+    ],
+)
+async def test_503_when_the_database_is_gone(
+    dead_url: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import make_settings, running_app
 
-        dead_url = (
-            "postgresql://postgres@127.0.0.1:1/none"
-            if database_url.startswith("postgresql")
-            else "sqlite:////nonexistent-dir/x/y.db"
-        )
-        dead = create_engine(dead_url)
-        live_engine, live_writer = app.state.engine, app.state.writer
-        dead_writer = Writer(dead, app.state.metrics, timeout=5)
-        dead_writer.start()
-        app.state.writer, app.state.engine = dead_writer, dead
-        try:
-            r = await client.post(CB, data=SEED_REPORT)
-            assert r.status_code == 503
-            assert int(r.headers["retry-after"]) > 0
-            assert r.json()["error"] == "unavailable"
-            r = await client.post(CB, data=report(mobile="bad"))
-            assert r.status_code == 503
-        finally:
-            await dead_writer.stop()
-            app.state.writer, app.state.engine = live_writer, live_engine
-            await dead.dispose()
-        async with live_engine.connect() as conn:
-            assert (await conn.execute(text("SELECT count(*) FROM reports"))).scalar_one() == 0
-        assert (await client.get("/readyz")).status_code == 200
+    settings = make_settings(dead_url.format(tmp=tmp_path), ingest_timeout_seconds=5)
+    async with running_app(settings) as (_, client):
+        r = await client.post(CB, data=SEED_REPORT)
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 0
+        assert r.json()["error"] == "unavailable"
+        # nor can a rejected request be quarantined: 503, so the gateway retries it
+        r = await client.post(CB, data=report(mobile="bad"))
+        assert r.status_code == 503
+        assert (await client.get("/readyz")).status_code == 503
+    # the app said so when it started, naming the database without its password
+    [started] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][:1]
+    assert started.startswith("database ")
+    assert "/readyz answers 503" in started
 
 
 async def test_readyz_503_when_not_migrated(tmp_path: Any) -> None:
@@ -338,7 +334,7 @@ async def test_concurrent_load_is_group_committed(app_factory: Any) -> None:
 async def test_poison_report_fails_alone(app_factory: Any, database_url: str) -> None:
     async with app_factory(ingest_batch_delay_ms=50) as (app, client):
         # A rule the database enforces and validation does not know of.
-        async with app.state.engine.begin() as conn:
+        async with app.app_state.engine.begin() as conn:
             if database_url.startswith("postgresql"):
                 await conn.execute(
                     text("ALTER TABLE reports ADD CONSTRAINT no_poison CHECK (msgid <> 'poison')")
@@ -362,7 +358,7 @@ async def test_poison_report_fails_alone(app_factory: Any, database_url: str) ->
             assert poison["error"] == "storage_refused"
             assert isinstance(poison["rejected_id"], int)
         finally:
-            async with app.state.engine.begin() as conn:
+            async with app.app_state.engine.begin() as conn:
                 if database_url.startswith("postgresql"):
                     await conn.execute(text("ALTER TABLE reports DROP CONSTRAINT no_poison"))
                 else:
@@ -373,8 +369,65 @@ async def test_openapi_documents_the_callback(client: httpx.AsyncClient) -> None
     spec = (await client.get("/openapi.json")).json()
     ops = spec["paths"]["/callbacks/mboxii/{token}"]
     assert set(ops) == {"get", "post"}
-    assert {"200", "404", "413", "415", "422", "503"} <= set(ops["post"]["responses"])
-    assert json.dumps(spec)  # serialisable
+    fields = ["ID", "msgid", "type", "mobile", "donetime", "statuscode", "statusstr"]
+    get_params = {p["name"]: p["in"] for p in ops["get"]["parameters"]}
+    assert get_params == {"token": "path", **dict.fromkeys(fields, "query")}
+    bodies = ops["post"]["requestBody"]["content"]
+    assert set(bodies) == {
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "application/json",
+    }
+    for body in bodies.values():
+        assert list(body["schema"]["properties"]) == fields
+        assert body["example"] == SEED_REPORT
+    for op in ops.values():
+        responses = op["responses"]
+        assert {"200", "403", "404", "413", "415", "422", "500", "503"} == set(responses)
+        assert list(responses["200"]["content"]) == ["text/plain"]
+        rejected = responses["422"]["content"]["application/json"]["schema"]["$ref"]
+        assert rejected == "#/components/schemas/CallbackRejectedRead"
+    assert spec["components"]["schemas"]["CallbackRejectedRead"]["required"] == [
+        "error",
+        "errors",
+        "rejected_id",
+    ]
+
+
+async def test_every_callback_answer_is_the_endpoints_and_documented(app_factory: Any) -> None:
+    # The documented routes are never reached: the callback endpoint answers first (FastAPI's
+    # route would validate the query itself, and fails loudly if ever called).
+    async with app_factory(callback_tokens=["tok-1"], max_body_bytes=1024) as (_, client):
+        spec = (await client.get("/openapi.json")).json()["paths"]["/callbacks/mboxii/{token}"]
+        url = f"{CB}/tok-1"
+        answers = {
+            "post": [
+                await client.post(url, data=SEED_REPORT),
+                await client.post(f"{CB}/wrong", data=SEED_REPORT),
+                await client.post(url, content=b"x" * 2048),
+                await client.post(url, content=b"<a/>", headers={"content-type": "text/xml"}),
+                await client.post(url, data=report(mobile="bad")),
+                await client.post(url, json=report(msgid="json")),
+            ],
+            "get": [
+                await client.get(url, params=report(msgid="get")),
+                await client.get(url),
+            ],
+        }
+        for method, responses in answers.items():
+            for r in responses:
+                documented = spec[method]["responses"][str(r.status_code)]
+                media = r.headers["content-type"].split(";")[0]
+                assert media in documented["content"], (method, r.status_code, media)
+        statuses = {m: [r.status_code for r in rs] for m, rs in answers.items()}
+        assert statuses == {"post": [200, 404, 413, 415, 422, 200], "get": [200, 422]}
+        # the endpoint's own 422 (quarantined), not FastAPI's parameter validation
+        assert answers["get"][1].json()["error"] == "invalid_callback"
+        assert answers["post"][0].text == "OK"
+    async with app_factory(callback_networks="10.0.0.0/8") as (_, client):
+        r = await client.post(CB, data=SEED_REPORT)
+        assert r.status_code == 403
+        assert "application/json" in spec["post"]["responses"]["403"]["content"]
 
 
 async def test_sequential_callbacks_are_each_committed_without_waiting_for_company(

@@ -29,10 +29,10 @@ FIELDS = list(DeliveryRead.model_fields)
 
 async def seed(app: Any, reports: Iterable[dict[str, str]]) -> None:
     """Store reports the way the writer does, all in one transaction (fast for thousands)."""
-    zone = app.state.settings.zone
+    zone = app.app_state.settings.zone
     now = dt.datetime.now(dt.UTC)
     arrivals = [Arrival(validate_fields(fields, zone, now), now) for fields in reports]
-    store = open_store(app.state.engine)
+    store = open_store(app.app_state.engine)
     try:
         await store.store(arrivals)
     finally:
@@ -428,7 +428,7 @@ async def insert_deliveries(app: Any, count: int) -> None:
         }
         for n in range(count)
     ]
-    async with app.state.engine.begin() as connection:
+    async with app.app_state.engine.begin() as connection:
         await connection.execute(Delivery.__table__.insert(), rows)
 
 
@@ -494,7 +494,7 @@ async def test_csv_is_streamed_in_chunks_from_a_server_side_cursor(app_factory: 
             if statement.lstrip().upper().startswith("SELECT") and "deliveries" in statement:
                 server_side.append(bool(context.execution_options.get("stream_results")))
 
-        event.listen(app.state.engine.sync_engine, "before_cursor_execute", spy)
+        event.listen(app.app_state.engine.sync_engine, "before_cursor_execute", spy)
         chunks: list[int] = []
         lines = 0
 
@@ -570,7 +570,7 @@ async def test_list_queries_use_the_read_indexes(
 ) -> None:
     async with app_factory() as (app, client):
         await seed(app, small_reports())
-        engine = app.state.engine
+        engine = app.app_state.engine
         postgres = engine.dialect.name == "postgresql"
         queries: list[tuple[str, Any]] = []
 
@@ -605,7 +605,7 @@ async def test_csv_client_going_away_gives_the_connection_back(
 ) -> None:
     async with app_factory() as (app, _):
         await insert_deliveries(app, 3000)
-        pool = app.state.engine.pool
+        pool = app.app_state.engine.pool
         idle = pool.checkedout()
         received: list[int] = []
         gone = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -303,6 +304,31 @@ async def test_cancel_a_scheduled_send(database_url: str) -> None:
         assert (await client.get(f"/v1/messages/{batch}")).json()["cancelled_at"] is not None
 
 
+async def test_a_cancel_that_loses_the_race_is_409_not_cancellable(database_url: str) -> None:
+    # Two cancels of one send pass the checks together; the gateway accepts both (its D=Y
+    # is idempotent), but only one of them records the cancellation.
+    gateway = FakeGateway()
+    both_asking = asyncio.Barrier(2)
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if b"D=Y" in request.content:
+            await both_asking.wait()
+        return gateway.handler(request)
+
+    async with service(database_url, gateway, httpx.MockTransport(answer)) as (_, client, _):
+        body = {"numbers": NUMBERS, "text": "later", "send_at": future_slot()}
+        batch = (await client.post("/v1/messages", json=body)).json()["batch_id"]
+        answers = await asyncio.gather(
+            client.delete(f"/v1/messages/{batch}"), client.delete(f"/v1/messages/{batch}")
+        )
+        assert sorted(r.status_code for r in answers) == [200, 409]
+        [lost] = [r for r in answers if r.status_code == 409]
+        assert lost.json()["error"] == "not_cancellable"
+        [won] = [r for r in answers if r.status_code == 200]
+        shown = (await client.get(f"/v1/messages/{batch}")).json()
+        assert shown["cancelled_at"] == won.json()["cancelled_at"] is not None
+
+
 async def test_cancel_refusals(database_url: str) -> None:
     gateway = FakeGateway()
     async with service(database_url, gateway) as (_, client, _):
@@ -364,7 +390,7 @@ async def test_pending_counts_numbers_without_a_final_report(database_url: str) 
         summary = (await client.get(f"/v1/batches/{batch}")).json()
         assert (summary["deliveries"], summary["delivered"], summary["pending"]) == (2, 1, 2)
         assert summary["by_status"] == {"DELIVRD": 1, "ENROUTE": 1}
-        async with app.state.sessionmaker() as session:
+        async with app.app_state.sessionmaker() as session:
             # Only the third number has no report at all; the ENROUTE one is a non-final
             # delivery, which the batch summary counts already.
             assert await unreported_numbers(session, batch, "now") == 1

@@ -35,7 +35,7 @@ async def reject(client: httpx.AsyncClient, **kwargs: Any) -> int:
 
 
 async def count_reports(app: Any) -> int:
-    async with app.state.engine.connect() as conn:
+    async with app.app_state.engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(Report))).scalar_one())
 
 
@@ -176,7 +176,7 @@ async def test_replay_is_503_when_the_writer_cannot_store(app_factory: Any) -> N
     async with app_factory(gateway_timezone=WRONG_ZONE) as (_, client):
         rejected_id = await reject(client, data=report(donetime=donetime))
     async with app_factory() as (app, client):
-        await app.state.writer.stop()
+        await app.app_state.writer.stop()
         r = await client.post(f"/v1/rejected/{rejected_id}/replay")
         assert r.status_code == 503
         assert r.json()["error"] == "unavailable"

@@ -148,7 +148,7 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(database_url:
     async with app.router.lifespan_context(app), _client(app, "10.0.0.1") as client:
         chain = {"x-forwarded-for": "2001:db8::7, 10.0.0.2"}
         assert (await client.post(CB, data=report(mobile="x"), headers=chain)).status_code == 422
-        async with app.state.engine.connect() as conn:
+        async with app.app_state.engine.connect() as conn:
             sources = (await conn.execute(text("SELECT source_address FROM rejected"))).all()
     assert [s[0] for s in sources] == ["2001:db8::7"]
 
@@ -382,14 +382,21 @@ async def test_docs_csp_allows_exactly_what_the_page_loads(client: httpx.AsyncCl
     csp = _directives(r.headers["content-security-policy"])
     scripts = re.findall(r'<script src="([^"]+)"', html)
     styles = re.findall(r'<link type="text/css" rel="stylesheet" href="([^"]+)"', html)
+    icons = re.findall(r'<link rel="shortcut icon" href="([^"]+)"', html)
     inline = re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
-    assert scripts and styles and inline
+    assert scripts and styles and icons and inline
+    # Everything the page loads comes from this service (it works offline), and is there.
+    for url in scripts + styles + icons:
+        assert url.startswith("/docs/assets/"), url
+        asset = await client.get(url)
+        assert asset.status_code == 200 and asset.content, url
     hashes = [
         "'sha256-" + base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() + "'"
         for code in inline
     ]
-    assert sorted(csp["script-src"]) == sorted(scripts + hashes)
-    assert csp["style-src"] == styles
+    assert sorted(csp["script-src"]) == sorted(["'self'", *hashes])
+    assert csp["style-src"] == ["'self'"]
+    assert csp["img-src"] == ["data:", "'self'"]
     assert csp["connect-src"] == ["'self'"]
     assert csp["default-src"] == ["'none'"]
     assert "'unsafe-inline'" not in r.headers["content-security-policy"]

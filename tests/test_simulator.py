@@ -283,7 +283,6 @@ async def test_unacknowledged_callbacks_are_retried_and_drops_never_come() -> No
         sent = await client.send(message(numbers=2), "http://receiver/cb")
         sim = app.state.simulator
         assert all(m.dropped for m in sim.sends[("now", sent.batch_id)].messages)
-        assert sim._queue == []  # nothing will ever be called back
     assert receiver.calls == []
 
 

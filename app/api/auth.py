@@ -5,18 +5,17 @@ from __future__ import annotations
 from fastapi import Request
 
 from app.core.errors import TooManyRequests, Unauthorized
-from app.core.settings import Settings
-from app.db.throttle import KeyThrottle
+from app.state import StateDep
 from app.web.security import caller_address, client_key, matches_secret
 
 
-async def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request, state: StateDep) -> None:
     """Let a /v1 request through when DLR_API_KEYS is empty or it carries one of the keys.
 
     Refused keys count against the caller's address (app.db.throttle, shared with the
     dashboard's login form); a locked address gets 429 whatever key it sends. A request
     without a key costs no look at the throttle."""
-    settings: Settings = request.app.state.settings
+    settings = state.settings
     if not settings.api_keys:
         return
     given = request.headers.get("x-api-key")
@@ -26,7 +25,7 @@ async def require_api_key(request: Request) -> None:
             given = credentials.strip()
     if not given:  # guesses nothing: answered without a look at the throttle
         raise _unauthorized()
-    throttle: KeyThrottle = request.app.state.key_throttle
+    throttle = state.key_throttle
     client = client_key(caller_address(request.scope, settings.trusted_proxies))
     wait = await throttle.retry_after(client)
     if wait is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 
 from app.api.errors import error_responses
 from app.api.params import invalid, parse_instant, parse_mobile
@@ -17,11 +17,10 @@ from app.api.schemas import (
     MessageType,
     Outcome,
 )
-from app.core.settings import Settings
-from app.db.engine import SessionDep
 from app.read.csvexport import CsvResponse, csv_chunks
 from app.read.cursors import cursor_key
 from app.read.queries import DeliveryFilters, find_deliveries, get_delivery, stream_deliveries
+from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["deliveries"])
 
@@ -39,7 +38,7 @@ MobileQuery = Annotated[
 
 
 async def delivery_filters(
-    request: Request,
+    settings: SettingsDep,
     mobile: MobileQuery = None,
     msgid: Annotated[
         str | None,
@@ -94,7 +93,6 @@ async def delivery_filters(
     ] = None,
 ) -> DeliveryFilters:
     """Parse and normalise the filters shared by the list and the CSV export."""
-    settings: Settings = request.app.state.settings
     words: set[str] = set()
     for word in status or ():
         if not _STATUS_RE.fullmatch(word.strip()):
@@ -126,7 +124,7 @@ FiltersDep = Annotated[DeliveryFilters, Depends(delivery_filters)]
     responses=error_responses(401, 422, 503),
 )
 async def list_deliveries(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     filters: FiltersDep,
     limit: Annotated[
@@ -146,7 +144,7 @@ async def list_deliveries(
     Following `next_cursor` until it is null visits every delivery that matched when the
     walk began exactly once, even while new reports arrive (a delivery whose state changes
     during the walk may move to a page already read, or show up twice)."""
-    key = cursor_key(request.app.state.settings)
+    key = cursor_key(settings)
     items, next_cursor = await find_deliveries(
         session, filters, limit=limit, cursor=cursor, key=key
     )
@@ -172,7 +170,7 @@ CSV_EXAMPLE = (
         **error_responses(401, 422, 503),
     },
 )
-async def export_deliveries(request: Request, filters: FiltersDep) -> CsvResponse:
+async def export_deliveries(state: StateDep, filters: FiltersDep) -> CsvResponse:
     """Download every delivery that matches the filters (those of the list; no `limit`
     or `cursor`) as a CSV file.
 
@@ -185,7 +183,7 @@ async def export_deliveries(request: Request, filters: FiltersDep) -> CsvRespons
     starting with `=`, `@`, a tab or a carriage return, or with `+` or `-` followed by
     anything but a plain number, is written with a leading `'`. E.164 numbers
     (`+886922161529`) and every other value are written unchanged."""
-    batches = stream_deliveries(request.app.state.engine, filters, CSV_FIELDS)
+    batches = stream_deliveries(state.engine, filters, CSV_FIELDS)
     # Run the query before answering 200, so an unreachable database is an error answer
     # rather than a truncated file.
     first = await anext(batches, None)

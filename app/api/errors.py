@@ -13,6 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import ApiError
+from app.core.settings import Settings
 
 log = logging.getLogger("mboxii_dlr.api")
 
@@ -25,7 +26,7 @@ def _clean(errors: Any) -> list[dict[str, Any]]:
     return cleaned
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     """Render every error in the contract's JSON shape."""
 
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
@@ -53,7 +54,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+    async def storage_error(_: Request, exc: Exception) -> JSONResponse:
         away = not isinstance(exc, DBAPIError) or (
             exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
         )
@@ -61,7 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("query failed (%s)", exc.__class__.__name__, exc_info=exc)
             return JSONResponse({"error": "internal_error"}, status_code=500)
         log.error("database unreachable (%s); answering 503", exc.__class__.__name__)
-        retry_after = str(request.app.state.settings.retry_after_seconds)
+        retry_after = str(settings.retry_after_seconds)
         return JSONResponse(
             {"error": "unavailable", "message": "the database is unreachable; retry later"},
             status_code=503,

@@ -6,23 +6,21 @@ import datetime as dt
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.errors import error_responses
 from app.api.params import invalid
 from app.api.schemas import GatewayErrorRead, MessageCreate, MessageRead, MessageType
 from app.api.subscriptions import checked_url
 from app.core import errors
-from app.core.settings import Settings
-from app.db.engine import SessionDep
 from app.db.models import Send
-from app.gateway import GatewayBadAnswer as BadAnswer
 from app.gateway import (
     GatewayError,
     GatewayRefused,
     GatewayTimeout,
     InvalidMessage,
-    MboxiiClient,
+    UnreadableAnswer,
     prepare_message,
 )
 from app.gateway.sends import (
@@ -34,6 +32,7 @@ from app.gateway.sends import (
     pending_numbers,
     record_send,
 )
+from app.state import GatewayDep, SessionDep, SettingsDep
 
 log = logging.getLogger("mboxii_dlr.messages")
 
@@ -61,12 +60,12 @@ def api_error(exc: GatewayError) -> errors.ApiError:
         )
     if isinstance(exc, GatewayTimeout):
         return errors.GatewayTimedOut(exc.message, **common)
-    if isinstance(exc, BadAnswer):
+    if isinstance(exc, UnreadableAnswer):
         return errors.GatewayBadAnswer(exc.message, **common)
     return errors.GatewayUnreachable(exc.message, **common)
 
 
-async def message_view(session: SessionDep, send: Send) -> dict[str, Any]:
+async def message_view(session: AsyncSession, send: Send) -> dict[str, Any]:
     numbers = await numbers_of(session, send.id)
     pending = 0 if send.cancelled_at else len(await pending_numbers(session, send.id))
     return {
@@ -94,10 +93,13 @@ async def message_view(session: SessionDep, send: Send) -> dict[str, Any]:
     responses={**error_responses(401, 422, 503), **GATEWAY_RESPONSES},
 )
 async def create_message(
-    body: MessageCreate, request: Request, response: Response, session: SessionDep
+    body: MessageCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    client: GatewayDep,
 ) -> dict[str, Any]:
     """Check the message against the gateway's rules, send or schedule it, and record it."""
-    settings: Settings = request.app.state.settings
     now = dt.datetime.now(dt.UTC)
     try:
         message = prepare_message(
@@ -117,8 +119,7 @@ async def create_message(
                 "status_callback",
                 "needs DLR_STATUS_CALLBACK_SECRET (a whsec_ secret) to sign its events",
             )
-        status_callback = await checked_url(request, body.status_callback, "status_callback")
-    client: MboxiiClient = request.app.state.gateway
+        status_callback = await checked_url(settings, body.status_callback, "status_callback")
     try:
         result = await client.send(message, settings.callback_url)
     except GatewayError as exc:
@@ -134,6 +135,9 @@ async def create_message(
             next_check_at=first_check,
             status_callback=status_callback,
         )
+        # Committed here rather than by SessionDep after the handler: the gateway has sent
+        # the message, so the answer must say whether this service recorded it.
+        await session.commit()
     except DuplicateSend:
         log.error(
             "the gateway reused the %s ID %s; the send is not recorded",
@@ -184,7 +188,7 @@ async def read_message(
     responses={**error_responses(401, 404, 409, 422), **GATEWAY_RESPONSES},
 )
 async def cancel_message(
-    request: Request, session: SessionDep, batch_id: BatchPath, type: TypeQuery = None
+    session: SessionDep, client: GatewayDep, batch_id: BatchPath, type: TypeQuery = None
 ) -> dict[str, Any]:
     """Cancel a scheduled send at the gateway (SendTimeSMS D=Y) before it goes out."""
     sends = await find_sends(session, batch_id, type)
@@ -198,12 +202,13 @@ async def cancel_message(
     now = dt.datetime.now(dt.UTC)
     if scheduled.send_at is not None and scheduled.send_at <= now:
         raise errors.NotCancellable("this scheduled send has already gone out")
-    client: MboxiiClient = request.app.state.gateway
     try:
         await client.cancel(batch_id)
     except GatewayError as exc:
         log.warning("cancel of %s refused: %s", batch_id, exc.message)
         raise api_error(exc) from None
-    await mark_cancelled(session, scheduled, now)
+    if not await mark_cancelled(session, scheduled, now):
+        # Another request cancelled it while the gateway answered this one.
+        raise errors.NotCancellable("this scheduled send is already cancelled")
     log.info("scheduled send %s cancelled", batch_id)
     return await message_view(session, scheduled)

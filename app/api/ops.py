@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.schemas import HealthRead, ReadyRead
 from app.db.migrate import current_revision, head_revision
+from app.state import StateDep
 
 router = APIRouter(tags=["operations"])
 
@@ -26,13 +27,13 @@ async def get_health() -> dict[str, str]:
     summary="Readiness",
     responses={503: {"model": ReadyRead, "description": "Database unreachable or not migrated"}},
 )
-async def get_readiness(request: Request) -> JSONResponse:
+async def get_readiness(state: StateDep) -> JSONResponse:
     """Answer 200 when the database answers and its schema is at the newest migration."""
     expected = head_revision()
     revision = None
     try:
         async with asyncio.timeout(3):
-            async with request.app.state.engine.connect() as connection:
+            async with state.engine.connect() as connection:
                 revision = await current_revision(connection)
         database = "ok"
     except Exception as exc:  # any failure means not ready; say which kind
@@ -55,7 +56,7 @@ async def get_readiness(request: Request) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-async def get_metrics(request: Request) -> Response:
+async def get_metrics(state: StateDep) -> Response:
     """Expose the service's metrics in the Prometheus text format."""
-    data = generate_latest(request.app.state.metrics.registry)
+    data = generate_latest(state.metrics.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

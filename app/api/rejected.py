@@ -5,18 +5,18 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 
 from app.api.errors import error_responses
 from app.api.params import invalid
 from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
 from app.core.errors import InvalidCallback, NotFound, Unavailable
-from app.db.engine import SessionDep
 from app.db.models import Delivery, Rejected
 from app.ingest.errors import IngestUnavailable
 from app.ingest.quarantine import list_rejected, replay
 from app.read.cursors import cursor_key, decode_cursor, encode_cursor
+from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["quarantine"])
 
@@ -53,7 +53,7 @@ def rejected_item(row: Rejected) -> dict[str, Any]:
     responses=error_responses(401, 422),
 )
 async def list_quarantine(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     reason: Annotated[
         RejectReason | None, Query(description="Only requests rejected for this reason")
@@ -64,7 +64,7 @@ async def list_quarantine(
     ] = None,
 ) -> dict[str, Any]:
     """List quarantined callback requests, newest first."""
-    key = cursor_key(request.app.state.settings)
+    key = cursor_key(settings)
     filters = {"list": "rejected", "reason": reason}
     before_id = None
     if cursor is not None:
@@ -92,7 +92,7 @@ async def list_quarantine(
     },
 )
 async def replay_rejected(
-    request: Request,
+    state: StateDep,
     session: SessionDep,
     id: Annotated[int, Path(ge=1, le=MAX_ID, description="The quarantine row's id", examples=[17])],
 ) -> DeliveryRead:
@@ -100,9 +100,8 @@ async def replay_rejected(
     row = await session.get(Rejected, id)
     if row is None:
         raise NotFound(f"no quarantined request #{id}")
-    state = request.app.state
     try:
-        result = await replay(state.engine, state.writer, state.settings.zone, row)
+        result = await replay(session, state.writer, state.settings.zone, row)
     except IngestUnavailable as exc:
         raise Unavailable(
             f"storage unavailable ({exc.cause}); retry later",

@@ -6,15 +6,15 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 
 from app.api.errors import error_responses
 from app.api.params import invalid, parse_instant
 from app.api.schemas import BatchRead, MessageType, StatsRead
 from app.core.errors import NotFound
-from app.db.engine import SessionDep
 from app.read.aggregates import batch_summary, delivery_stats
 from app.read.buckets import MAX_BUCKETS, TooManyBuckets
+from app.state import SessionDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
 
@@ -89,7 +89,7 @@ def stats_range(
     responses=error_responses(401, 422),
 )
 async def read_stats(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     from_: Annotated[
         str | None,
@@ -122,7 +122,6 @@ async def read_stats(
     message_type: TypeQuery = None,
 ) -> dict[str, Any]:
     """Count deliveries by done_at in [from, to): totals and one bucket per local interval."""
-    settings = request.app.state.settings
     zone_name = settings.gateway_timezone if tz is None else tz
     zone = parse_zone(zone_name)
     try:

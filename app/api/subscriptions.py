@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from app.api.errors import error_responses
 from app.api.event_schemas import (
@@ -23,12 +23,12 @@ from app.api.event_schemas import (
 )
 from app.api.params import invalid
 from app.core.settings import Settings
-from app.db.engine import SessionDep
 from app.db.models import Event, Subscription
 from app.events import subscriptions as service
 from app.events.payloads import EVENT_TYPES
 from app.events.urls import BadUrl, check_destination
 from app.read.cursors import cursor_key, decode_cursor, encode_cursor
+from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -76,10 +76,9 @@ def event_view(row: Event) -> dict[str, Any]:
     }
 
 
-async def checked_url(request: Request, url: str, field: str = "url") -> str:
+async def checked_url(settings: Settings, url: str, field: str = "url") -> str:
     """A destination URL as stored; 422 for a bad one (or one resolving to a private
     address)."""
-    settings: Settings = request.app.state.settings
     try:
         return await check_destination(
             url,
@@ -98,10 +97,10 @@ async def checked_url(request: Request, url: str, field: str = "url") -> str:
     responses=error_responses(401, 422),
 )
 async def create_subscription(
-    body: SubscriptionCreate, request: Request, session: SessionDep
+    body: SubscriptionCreate, settings: SettingsDep, session: SessionDep
 ) -> dict[str, Any]:
     """Create a subscription; the answer holds its signing secret."""
-    url = await checked_url(request, body.url)
+    url = await checked_url(settings, body.url)
     row = await service.create_subscription(
         session,
         url,
@@ -119,7 +118,7 @@ async def create_subscription(
     responses=error_responses(401, 422),
 )
 async def list_subscriptions(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
     cursor: Annotated[
@@ -127,7 +126,7 @@ async def list_subscriptions(
     ] = None,
 ) -> dict[str, Any]:
     """List the subscriptions, oldest first (without their secrets)."""
-    key = cursor_key(request.app.state.settings)
+    key = cursor_key(settings)
     filters = {"list": "subscriptions"}
     after = None
     if cursor is not None:
@@ -163,7 +162,7 @@ async def read_subscription(session: SessionDep, id: SubscriptionPath) -> dict[s
     responses=error_responses(401, 404, 422),
 )
 async def update_subscription(
-    body: SubscriptionUpdate, request: Request, session: SessionDep, id: SubscriptionPath
+    body: SubscriptionUpdate, settings: SettingsDep, session: SessionDep, id: SubscriptionPath
 ) -> dict[str, Any]:
     """Change the fields given: a new URL applies to the events still waiting; `enabled`
     false fails them (retry sends one again), true starts sending new events again."""
@@ -173,7 +172,7 @@ async def update_subscription(
         if name in given and getattr(body, name) is None:
             raise invalid(name, "must not be null")
     if "url" in given and body.url is not None:
-        changes["url"] = await checked_url(request, body.url)
+        changes["url"] = await checked_url(settings, body.url)
     if "events" in given:
         changes["event_types"] = sorted(set(body.events)) if body.events else None
     if "filter" in given:
@@ -228,7 +227,7 @@ async def rotate_secret(session: SessionDep, id: SubscriptionPath) -> dict[str, 
     responses=error_responses(401, 422),
 )
 async def list_events(
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     status: Annotated[EventStatus | None, Query(description="Only rows in this state")] = None,
     type: Annotated[EventType | None, Query(description="Only events of this type")] = None,
@@ -242,7 +241,7 @@ async def list_events(
     ] = None,
 ) -> dict[str, Any]:
     """List events, one item per event and destination, newest first."""
-    key = cursor_key(request.app.state.settings)
+    key = cursor_key(settings)
     filters = {"list": "events", "status": status, "type": type, "sub": subscription_id}
     before_id = None
     if cursor is not None:
@@ -271,12 +270,14 @@ async def list_events(
     responses=error_responses(401, 404, 422),
 )
 async def retry_event(
-    request: Request,
+    state: StateDep,
     session: SessionDep,
     id: Annotated[int, Path(ge=1, le=MAX_ID, description="The event row's id", examples=[4821])],
 ) -> dict[str, Any]:
     """Send this event to this destination again now, whatever its status; its attempts
     start over."""
     row = await service.retry_event(session, id)
-    request.app.state.dispatcher.wake()
+    # On SQLite the dispatcher's next round takes the write lock, so it sees the row once
+    # this request's transaction has committed; PostgreSQL's dispatchers hear the NOTIFY.
+    state.dispatcher.wake()
     return event_view(row)

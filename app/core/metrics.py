@@ -13,7 +13,6 @@ from prometheus_client import (
 
 from app.ingest.parse import KNOWN_WORDS, classify
 
-OUTCOMES = ("delivered", "failed", "pending")
 # Every label value the service can produce, so each series exists (at 0) from the start:
 # dashboards and rate() then see a flat line instead of "no data".
 REJECTION_REASONS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from app.core.mobiles import mask_numbers
@@ -51,7 +51,8 @@ class Redactor:
 
 
 _redactor = Redactor()
-_installed = False
+# The record factory found when redaction was installed; None while it is not installed.
+_plain_factory: Callable[..., logging.LogRecord] | None = None
 
 
 def redact(text: str) -> str:
@@ -98,17 +99,29 @@ def clean_record(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
-def install(secrets: Iterable[str]) -> None:
+def install(secrets: Iterable[str]) -> Callable[[], None]:
     """Redact every log record this process creates, from any logger, before any handler or
-    formatter sees it (a record factory, so handlers configured later are covered too)."""
-    global _installed
+    formatter sees it (a record factory, so handlers configured later are covered too).
+    Returns the function that undoes this call: the secrets before it come back, and the
+    factory goes if this call put it there."""
+    global _plain_factory
+    previous = _redactor.secrets
     _redactor.set_secrets(secrets)
-    if _installed:
-        return
-    _installed = True
-    make_record = logging.getLogRecordFactory()
+    installed_here = _plain_factory is None
+    if installed_here:
+        make_record = logging.getLogRecordFactory()
+        _plain_factory = make_record
 
-    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        return clean_record(make_record(*args, **kwargs))
+        def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            return clean_record(make_record(*args, **kwargs))
 
-    logging.setLogRecordFactory(redacting_factory)
+        logging.setLogRecordFactory(redacting_factory)
+
+    def undo() -> None:
+        global _plain_factory
+        _redactor.set_secrets(previous)
+        if installed_here and _plain_factory is not None:
+            logging.setLogRecordFactory(_plain_factory)
+            _plain_factory = None
+
+    return undo

@@ -28,7 +28,7 @@ from app.dashboard.sessions import (
 )
 from app.dashboard.views import static_files
 from app.db.revoked import revoke
-from app.db.throttle import KeyThrottle
+from app.state import get_state
 from app.web.security import caller_address, client_key
 
 log = logging.getLogger("mboxii_dlr.dashboard")
@@ -82,7 +82,7 @@ async def log_in(request: Request) -> Response:
         return redirect(target)
     if not same_origin(request):
         raise PageError(403, "Form refused", "This login form was sent from another site.")
-    throttle: KeyThrottle = request.app.state.key_throttle
+    throttle = get_state(request).key_throttle
     client = client_key(caller_address(request.scope, settings.trusted_proxies))
     # Checked before the key, so that a locked client learns nothing of its guesses.
     wait, everyone = await throttle.retry_after(client), False
@@ -114,7 +114,7 @@ async def log_in(request: Request) -> Response:
 async def log_out(request: Request, session: Viewer) -> Response:
     """End the session: revoke it for every process, forget the cookie, show the login."""
     await checked_form(request, session)
-    await revoke(request.app.state.engine, session.id, session.expires)
+    await revoke(get_state(request).engine, session.id, session.expires)
     log.info("dashboard: logout (key %s)", session.key_id)
     response = redirect("/dashboard/login")
     response.delete_cookie(

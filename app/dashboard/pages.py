@@ -28,6 +28,7 @@ from app.dashboard.sessions import (
 )
 from app.dashboard.views import delivery_ref, local_time, render
 from app.db.models import Delivery
+from app.state import get_state
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 
@@ -113,7 +114,7 @@ def set_cookie(response: Response, request: Request, session: Session) -> None:
 
 
 def settings_of(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return get_state(request).settings
 
 
 def page(

@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.mobiles import national, normalize_mobile
 from app.core.settings import Settings
@@ -25,7 +26,6 @@ from app.dashboard.pages import (
     settings_of,
 )
 from app.dashboard.views import delivery_ref
-from app.db.engine import SessionDep
 from app.db.models import Event, Rejected
 from app.events import subscriptions as events_service
 from app.ingest.errors import IngestUnavailable
@@ -39,6 +39,7 @@ from app.ingest.parse import (
 from app.ingest.quarantine import list_rejected, replay
 from app.read.aggregates import batch_summary
 from app.read.queries import get_delivery
+from app.state import AppState, SessionDep, StateDep
 
 log = logging.getLogger("mboxii_dlr.dashboard")
 
@@ -74,12 +75,8 @@ def word_kind(word: str) -> str:
     return "other"
 
 
-async def figures_context(request: Request, session: SessionDep) -> dict[str, Any]:
-    settings = settings_of(request)
-    cache = getattr(request.app.state, "dashboard_cache", None)
-    if cache is None:  # one per application, so tests and replicas never share one
-        cache = request.app.state.dashboard_cache = data.OverviewCache()
-    overview = await cache.get(session, settings.zone)
+async def figures_context(state: AppState, session: AsyncSession) -> dict[str, Any]:
+    overview = await state.dashboard_cache.get(session, state.settings.zone)
     hours, days = overview.hours, overview.days
     words = sorted(set(hours["totals"]["by_status"]) | set(days["totals"]["by_status"]))
     peak = max((hours["totals"]["by_status"].get(w, 0) for w in words), default=0)
@@ -105,20 +102,23 @@ async def figures_context(request: Request, session: SessionDep) -> dict[str, An
 @router.get("/dashboard")
 async def show_dashboard(
     request: Request,
+    state: StateDep,
     session: SessionDep,
     viewer: Viewer,
     refresh: int = DEFAULT_REFRESH,
 ) -> HTMLResponse:
     """The overview: rates and volumes over time, status words, failures, quarantine."""
-    context = await figures_context(request, session)
+    context = await figures_context(state, session)
     refresh = min(max(refresh, 2), 3600)  # seconds between updates of the figures
     return page(request, "overview.html", {**context, "refresh": refresh}, viewer)
 
 
 @router.get("/dashboard/fragments/figures")
-async def show_figures(request: Request, session: SessionDep, viewer: Viewer) -> HTMLResponse:
+async def show_figures(
+    request: Request, state: StateDep, session: SessionDep, viewer: Viewer
+) -> HTMLResponse:
     """The overview's figures alone, which the page fetches to update itself."""
-    return page(request, "_figures.html", await figures_context(request, session), viewer)
+    return page(request, "_figures.html", await figures_context(state, session), viewer)
 
 
 # ---------------------------------------------------------------- search and views
@@ -272,16 +272,15 @@ async def list_rejected_requests(
 
 @router.post("/dashboard/rejected/{id}/replay")
 async def replay_request(
-    request: Request, session: SessionDep, viewer: Viewer, id: int
+    request: Request, state: StateDep, session: SessionDep, viewer: Viewer, id: int
 ) -> RedirectResponse:
     """Validate a quarantined request again and store its report when it now passes."""
     await checked_form(request, viewer)
     row = await session.get(Rejected, id)
     if row is None:
         raise PageError(404, "No such request", f"The quarantine holds no request #{id}.")
-    state = request.app.state
     try:
-        outcome = await replay(state.engine, state.writer, state.settings.zone, row)
+        outcome = await replay(session, state.writer, state.settings.zone, row)
     except IngestUnavailable:
         raise PageError(
             503,
@@ -325,13 +324,13 @@ async def list_outbound_events(
 
 @router.post("/dashboard/events/{id}/retry")
 async def retry_outbound_event(
-    request: Request, session: SessionDep, viewer: Viewer, id: int
+    request: Request, state: StateDep, session: SessionDep, viewer: Viewer, id: int
 ) -> RedirectResponse:
     """Send an event to its destination again now; its attempts start over."""
     await checked_form(request, viewer)
     if await session.get(Event, id) is None:
         raise PageError(404, "No such event", f"No outbound event #{id}.")
     await events_service.retry_event(session, id)
-    request.app.state.dispatcher.wake()
+    state.dispatcher.wake()
     log.info("dashboard: outbound event #%d sent again", id)
     return redirect(f"/dashboard/events?retried={id}")

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from app.core.settings import Settings
 from app.db.revoked import is_revoked
 from app.read.cursors import cursor_key
+from app.state import get_state
 
 COOKIE = "dlr_dashboard"
 COOKIE_PATH = "/dashboard"
@@ -124,9 +125,10 @@ def matching_key(given: str, keys: Sequence[SecretStr]) -> str | None:
 async def current_session(request: Request) -> Session | None:
     """The request's valid session, unless logged out; on an open dashboard, a new one when
     it has none."""
-    settings: Settings = request.app.state.settings
+    state = get_state(request)
+    settings = state.settings
     session = verify(settings, request.cookies.get(COOKIE))
-    if session is not None and await is_revoked(request.app.state.engine, session.id):
+    if session is not None and await is_revoked(state.engine, session.id):
         session = None
     if session is None and not settings.api_keys:
         session = issue(settings, None)
@@ -137,7 +139,7 @@ def is_https(request: Request) -> bool:
     """Whether the browser reached us over https, directly or through a trusted proxy."""
     if request.url.scheme == "https":
         return True
-    settings: Settings = request.app.state.settings
+    settings = get_state(request).settings
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     if forwarded != "https" or request.client is None:
         return False

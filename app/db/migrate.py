@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import migrations
 
@@ -33,6 +35,37 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     assert head is not None
     return head
+
+
+async def schema_problem(engine: AsyncEngine) -> str | None:
+    """What keeps the database from serving (unreachable, not migrated), or None."""
+    try:
+        async with asyncio.timeout(3), engine.connect() as connection:
+            try:
+                revision = await current_revision(connection)
+            except DBAPIError:  # no alembic_version table: never migrated
+                revision = None
+    except Exception as exc:
+        return f"unreachable ({describe_error(exc)})"
+    if revision != head_revision():
+        return f"not migrated (at {revision or 'no revision'}): run `mboxii-dlr migrate`"
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A database error in one line: the driver's own message, without SQL or parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    name = type(cause).__name__
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    if not text:
+        return name
+    # The drivers' generic classes say nothing their message does not.
+    return text if name in _GENERIC_ERRORS else f"{name}: {text}"
+
+
+_GENERIC_ERRORS = frozenset(
+    {"Error", "DatabaseError", "OperationalError", "InterfaceError", "ProgrammingError"}
+)
 
 
 async def current_revision(connection: AsyncConnection) -> str | None:

@@ -78,16 +78,20 @@ async def purge(
         )
         if after is not None:
             query = query.where(tuple_(DELIVERIES.c.msgid, DELIVERIES.c.mobile) > tuple_(*after))
-        async with engine.connect() as connection:
+        # One transaction per batch: the page of keys and the deletion of its old ones.
+        deliveries = reports = 0
+        async with engine.begin() as connection:
             rows = (await connection.execute(query)).all()
+            old = [(row.msgid, row.mobile) for row in rows if row.last_received_at < cutoff]
+            if old:
+                deliveries, reports = await delete_deliveries(connection, old, cutoff)
+        result.deliveries += deliveries
+        result.reports += reports
         if not rows:
             break
         after = (rows[-1].msgid, rows[-1].mobile)
-        old = [(row.msgid, row.mobile) for row in rows if row.last_received_at < cutoff]
-        if old:
-            await _delete_deliveries(engine, old, cutoff, result)
-            if progress is not None:
-                progress(result)
+        if old and progress is not None:
+            progress(result)
         if pause:
             await asyncio.sleep(pause)
 
@@ -168,11 +172,15 @@ async def _delete_by_id(
             await asyncio.sleep(pause)
 
 
-async def _delete_deliveries(
-    engine: AsyncEngine, keys: list[tuple[str, str]], cutoff: dt.datetime, result: PurgeResult
-) -> None:
-    # The delete starts the transaction, so SQLite takes its write lock first and sees the
-    # newest data. It checks the age again: a report that arrived since the select keeps its
+async def delete_deliveries(
+    connection: AsyncConnection,
+    keys: list[tuple[str, str]],
+    cutoff: dt.datetime,
+) -> tuple[int, int]:
+    """Delete these deliveries, if still old, and their reports; return how many of each."""
+    # The delete is the batch's first write: SQLite's driver begins the transaction there,
+    # so the write lock is taken before it reads and it sees the newest data. It checks the
+    # age again: a report that arrived since the select keeps its
     # delivery. On PostgreSQL it skips rows an ingest transaction holds (they are being
     # refreshed), so the purge never waits for ingest and the two cannot deadlock. Reports
     # go only for the deliveries actually deleted; a report committed for one of them after
@@ -186,26 +194,24 @@ async def _delete_deliveries(
         .where(msgids, key.in_(keys), DELIVERIES.c.last_received_at < cutoff)
         .with_for_update(skip_locked=True)
     )
-    async with engine.begin() as connection:
-        deleted = (
-            await connection.execute(
-                delete(DELIVERIES)
-                .where(msgids, key.in_(doomed))
-                .returning(DELIVERIES.c.msgid, DELIVERIES.c.mobile)
-            )
-        ).all()
-        if not deleted:
-            return
-        gone = await connection.execute(
-            delete(REPORTS).where(
-                # msgid alone leads to the identity index; SQLite scans the whole table for
-                # an IN list of (msgid, mobile) row values.
-                REPORTS.c.msgid.in_({k[0] for k in deleted}),
-                tuple_(REPORTS.c.msgid, REPORTS.c.mobile).in_([tuple(k) for k in deleted]),
-            )
+    deleted = (
+        await connection.execute(
+            delete(DELIVERIES)
+            .where(msgids, key.in_(doomed))
+            .returning(DELIVERIES.c.msgid, DELIVERIES.c.mobile)
         )
-    result.deliveries += len(deleted)
-    result.reports += gone.rowcount
+    ).all()
+    if not deleted:
+        return 0, 0
+    gone = await connection.execute(
+        delete(REPORTS).where(
+            # msgid alone leads to the identity index; SQLite scans the whole table for
+            # an IN list of (msgid, mobile) row values.
+            REPORTS.c.msgid.in_({k[0] for k in deleted}),
+            tuple_(REPORTS.c.msgid, REPORTS.c.mobile).in_([tuple(k) for k in deleted]),
+        )
+    )
+    return len(deleted), gone.rowcount
 
 
 async def purge_periodically(

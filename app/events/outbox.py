@@ -195,17 +195,17 @@ class EventOutbox:
 
     async def record_rejected(
         self,
-        connection: Any,
+        session: Any,
         rejected_id: int,
         reason: str,
         errors: Sequence[dict[str, Any]],
         received_at: dt.datetime,
     ) -> None:
-        """A callback.rejected event for a first quarantine, on the quarantine's SQLAlchemy
-        connection (either database) inside its transaction."""
+        """A callback.rejected event for a first quarantine, in the quarantine's transaction
+        (its SQLAlchemy AsyncSession, either database)."""
         from sqlalchemy import text
 
-        rows = (await connection.execute(text(SUBSCRIPTIONS_SQL))).all()
+        rows = (await session.execute(text(SUBSCRIPTIONS_SQL))).all()
         wanted = [d for d in destinations(rows) if d.types is None or CALLBACK_REJECTED in d.types]
         if not wanted:
             return
@@ -216,7 +216,7 @@ class EventOutbox:
 
         from app.db.models import Event
 
-        await connection.execute(
+        await session.execute(
             insert(Event),
             [
                 {
@@ -234,6 +234,6 @@ class EventOutbox:
                 for d in wanted
             ],
         )
-        if connection.dialect.name == "postgresql":
-            await connection.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
         self._created(CALLBACK_REJECTED, len(wanted))

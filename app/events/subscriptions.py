@@ -1,5 +1,5 @@
 """Subscriptions and the event log: create, change, rotate, delete; list events and send
-one again. Each function is one transaction."""
+one again. The caller owns the transaction (these only execute and flush)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ async def create_subscription(
         updated_at=now,
     )
     session.add(subscription)
-    await session.commit()
+    await session.flush()
     return subscription
 
 
@@ -106,7 +106,7 @@ async def change_subscription(
             subscription.disabled_reason = "disabled through the API"
             await _fail_pending(session, subscription_id, "subscription disabled")
     subscription.updated_at = dt.datetime.now(dt.UTC)
-    await session.commit()
+    await session.flush()
     return subscription
 
 
@@ -118,7 +118,7 @@ async def rotate_secret(session: AsyncSession, subscription_id: str) -> Subscrip
     subscription.previous_secret_until = now + ROTATION_OVERLAP
     subscription.secret = new_secret()
     subscription.updated_at = now
-    await session.commit()
+    await session.flush()
     return subscription
 
 
@@ -129,7 +129,7 @@ async def delete_subscription(session: AsyncSession, subscription_id: str) -> No
         delete(Event).where(Event.subscription_id == subscription_id, Event.status.in_(UNDELIVERED))
     )
     await session.execute(delete(Subscription).where(Subscription.id == subscription_id))
-    await session.commit()
+    await session.flush()
 
 
 async def list_events(
@@ -164,7 +164,7 @@ async def retry_event(session: AsyncSession, event_row_id: int) -> Event:
     row.next_attempt_at = dt.datetime.now(dt.UTC)
     row.delivered_at = None
     if session.get_bind().dialect.name == "postgresql":
-        # Delivered to the dispatchers when this commits.
+        # Delivered to the dispatchers when the caller commits.
         await session.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
-    await session.commit()
+    await session.flush()
     return row

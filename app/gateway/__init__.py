@@ -4,7 +4,6 @@ from app.gateway.answers import CheckResult, CheckStatus, parse_check_answer, pa
 from app.gateway.client import MboxiiClient, ScheduledState, SendResult
 from app.gateway.errors import (
     CODES,
-    GatewayBadAnswer,
     GatewayError,
     GatewayRefused,
     GatewayTimeout,
@@ -12,6 +11,7 @@ from app.gateway.errors import (
     Interface,
     NotSentYet,
     RecordNotFound,
+    UnreadableAnswer,
     refusal,
 )
 from app.gateway.rules import (
@@ -27,7 +27,6 @@ __all__ = [
     "CODES",
     "CheckResult",
     "CheckStatus",
-    "GatewayBadAnswer",
     "GatewayError",
     "GatewayRefused",
     "GatewayTimeout",
@@ -42,6 +41,7 @@ __all__ = [
     "ScheduledState",
     "SendResult",
     "SendType",
+    "UnreadableAnswer",
     "gateway_mobile",
     "parse_check_answer",
     "parse_send_answer",

@@ -6,7 +6,7 @@ import html
 import re
 from dataclasses import dataclass
 
-from app.gateway.errors import GatewayBadAnswer, Interface, refusal
+from app.gateway.errors import Interface, UnreadableAnswer, refusal
 
 # Blocks whose text is not the answer (an HTML page's title would otherwise be read as one).
 _HIDDEN_RE = re.compile(r"<(head|title|script|style)\b[^>]*>.*?</\1\s*>", re.I | re.S)
@@ -52,13 +52,13 @@ def read_code(interface: Interface, raw: str) -> tuple[str, list[str]]:
     while tokens and tokens[0].lower() in _LABELS:
         tokens.pop(0)
     if not tokens:
-        raise GatewayBadAnswer(f"{interface} gave an empty answer", interface=interface, raw=raw)
+        raise UnreadableAnswer(f"{interface} gave an empty answer", interface=interface, raw=raw)
     first, rest = tokens[0], tokens[1:]
     if _CODE_RE.fullmatch(first):
         return first, rest
     if first.isdigit() and first.startswith("00"):
         return "00", [first[2:], *rest]
-    raise GatewayBadAnswer(
+    raise UnreadableAnswer(
         f"{interface} answered without a return code", interface=interface, raw=raw
     )
 
@@ -74,7 +74,7 @@ def parse_send_answer(interface: Interface, raw: str) -> str:
         if _identifier(token):
             return token
         break
-    raise GatewayBadAnswer(
+    raise UnreadableAnswer(
         f"{interface} answered 00 without a usable ID", interface=interface, raw=raw
     )
 

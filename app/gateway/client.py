@@ -114,10 +114,6 @@ class MboxiiClient:
         secret = self._cpw.get_secret_value()
         return text.replace(secret, "**********") if secret else text
 
-    async def call(self, interface: Interface, fields: dict[str, str]) -> str:
-        """POST one request and return the answer's text (the password scrubbed from it)."""
-        return await self._request(interface, fields, lambda raw: raw)
-
     async def _request(
         self, interface: Interface, fields: dict[str, str], read: Callable[[str], T]
     ) -> T:

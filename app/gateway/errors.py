@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 Interface = Literal["SendSMS", "SendTimeSMS", "CheckSMS"]
-INTERFACES: tuple[Interface, ...] = ("SendSMS", "SendTimeSMS", "CheckSMS")
 
 
 class GatewayError(Exception):
@@ -27,7 +26,7 @@ class GatewayTimeout(GatewayUnavailable):
     """The gateway did not answer in time; a send may or may not have happened."""
 
 
-class GatewayBadAnswer(GatewayError):
+class UnreadableAnswer(GatewayError):
     """The gateway answered text this client cannot read."""
 
 

@@ -7,13 +7,15 @@ import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass, fields
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiolimiter import AsyncLimiter
-from sqlalchemy import select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.settings import Settings
+from app.db.engine import UTCDateTime
 from app.db.models import Send
 from app.gateway import (
     CheckResult,
@@ -23,7 +25,7 @@ from app.gateway import (
     MboxiiClient,
     NotSentYet,
 )
-from app.gateway.sends import pending_numbers
+from app.gateway.sends import awaiting_final_report, pending_numbers
 from app.ingest.errors import IngestRefused, IngestUnavailable
 from app.ingest.parse import CallbackRejected, ParsedReport, validate_fields
 from app.ingest.writer import Writer
@@ -168,52 +170,25 @@ class Reconciler:
             return await self.reconcile_send(send)
 
     # ------------------------------------------------------------ one send
-
-    async def _set(self, send: Send, **values: object) -> None:
-        async with self.sessionmaker() as session:
-            await session.execute(update(Send).where(Send.id == send.id).values(**values))
-            await session.commit()
-
-    async def _claim(self, send: Send, now: dt.datetime) -> bool:
-        """Take the send for this check, unless another process or task took it first."""
-        async with self.sessionmaker() as session:
-            result = await session.execute(
-                update(Send)
-                .where(Send.id == send.id, Send.next_check_at == send.next_check_at)
-                .values(next_check_at=now + self.lease)
-            )
-            await session.commit()
-        return bool(getattr(result, "rowcount", 0))
+    #
+    # A step owns two short transactions, with the gateway's answer and the writer's commit
+    # in between: the claim (what is still pending, and the send taken for this check) and
+    # the record (what the check found). Each starts with its write, so SQLite takes its
+    # write lock before it reads and reads the newest data.
 
     async def reconcile_send(self, send: Send) -> PassResult:
         """Check one send at the gateway and store what it reports."""
         result = PassResult()
         now = dt.datetime.now(dt.UTC)
-        started = send.send_at or send.created_at
-        async with self.sessionmaker() as session:
-            pending = set(await pending_numbers(session, send.id))
+        pending = await self._claim(send, now, result)
         if not pending:
-            await self._set(send, next_check_at=None)
-            result.complete = 1
-            return result
-        if now - started > self.settings.reconcile_give_up_after:
-            log.warning(
-                "%s send %s: giving up on %d numbers without a final report",
-                send.type,
-                send.batch_id,
-                len(pending),
-            )
-            await self._set(send, next_check_at=None, last_check_result="gave up: no final report")
-            result.gave_up = 1
-            return result
-        if not await self._claim(send, now):
             return result
 
         await self.limiter.acquire()
         paused = self._paused_until
         if paused is not None and dt.datetime.now(dt.UTC) < paused:
             # Another check failed for the whole account while this one waited its turn.
-            await self._set(send, next_check_at=paused)
+            await self._record(send, next_check_at=paused)
             return result
         result.checked = 1
         try:
@@ -244,13 +219,66 @@ class Reconciler:
             result.errors = 1
             return result
         result.reports_new, result.reports_duplicate = new, duplicate
-        async with self.sessionmaker() as session:
-            still = await pending_numbers(session, send.id)
-        next_at = None if not still else now + self._after()
-        if not still:
+        next_at = await self._checked(
+            send, now, answer.raw, next_at=now + self._after(), errors=0, until_final=True
+        )
+        if next_at is None:
             result.complete = 1
-        await self._checked(send, now, answer.raw, next_at=next_at, errors=0)
         return result
+
+    async def _claim(self, send: Send, now: dt.datetime, result: PassResult) -> set[str]:
+        """The first transaction: take the send for this check, unless another process or
+        task took it first, and return its numbers still without a final report. A send
+        with none left, or past DLR_RECONCILE_GIVE_UP_AFTER, is closed instead (and the
+        result says so); either way nothing is left to ask."""
+        async with self.sessionmaker.begin() as session:
+            taken = await session.execute(
+                update(Send)
+                .where(Send.id == send.id, Send.next_check_at == send.next_check_at)
+                .values(next_check_at=now + self.lease)
+            )
+            if not getattr(taken, "rowcount", 0):
+                return set()
+            pending = set(await pending_numbers(session, send.id))
+            closed: dict[str, object] | None = None
+            if not pending:
+                closed = {}
+                result.complete = 1
+            elif now - (send.send_at or send.created_at) > self.settings.reconcile_give_up_after:
+                log.warning(
+                    "%s send %s: giving up on %d numbers without a final report",
+                    send.type,
+                    send.batch_id,
+                    len(pending),
+                )
+                closed = {"last_check_result": "gave up: no final report"}
+                result.gave_up = 1
+            if closed is not None:
+                await session.execute(
+                    update(Send).where(Send.id == send.id).values(next_check_at=None, **closed)
+                )
+                return set()
+        return pending
+
+    async def _record(
+        self, send: Send, *, until_final: bool = False, **values: Any
+    ) -> dt.datetime | None:
+        """The last transaction: one UPDATE of the send with what its check found; with
+        `until_final`, the next check is dropped when no number waits any more. Returns the
+        next check's time."""
+        if until_final:
+            values["next_check_at"] = case(
+                (awaiting_final_report(), literal(values["next_check_at"], UTCDateTime())),
+                else_=None,
+            )
+        async with self.sessionmaker.begin() as session:
+            next_at: dt.datetime | None = await session.scalar(
+                update(Send)
+                .where(Send.id == send.id)
+                .values(**values)
+                .returning(Send.next_check_at)
+            )
+        return next_at
 
     def _after(self) -> dt.timedelta:
         return max(self.settings.reconcile_after, self.settings.reconcile_interval)
@@ -286,14 +314,16 @@ class Reconciler:
         now: dt.datetime,
         raw: str,
         *,
-        next_at: dt.datetime | None,
+        next_at: dt.datetime,
         errors: int,
-    ) -> None:
-        await self._set(
+        until_final: bool = False,
+    ) -> dt.datetime | None:
+        return await self._record(
             send,
+            until_final=until_final,
             next_check_at=next_at,
             last_checked_at=now,
-            checks=send.checks + 1,
+            checks=Send.checks + 1,
             check_errors=errors,
             last_check_result=raw[:KEEP_ANSWER],
         )

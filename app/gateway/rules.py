@@ -12,7 +12,6 @@ from app.core import mobiles
 
 Language = Literal["english", "chinese"]
 SendType = Literal["now", "scheduled"]
-LANGUAGES: tuple[Language, ...] = ("english", "chinese")
 
 MAX_NUMBERS = 80
 #: Characters per message by language and send type (English is longer when scheduled).

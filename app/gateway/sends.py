@@ -27,7 +27,7 @@ async def record_send(
     next_check_at: dt.datetime,
     status_callback: str | None = None,
 ) -> Send:
-    """Store a send the gateway accepted, with its numbers, and commit."""
+    """Store a send the gateway accepted, with its numbers, in the caller's transaction."""
     stmt = (
         insert_for(session.get_bind().dialect, Send.__table__)
         .values(
@@ -47,8 +47,7 @@ async def record_send(
         .returning(Send.__table__.c.id)
     )
     send_id = (await session.execute(stmt)).scalar_one_or_none()
-    if send_id is None:
-        await session.rollback()
+    if send_id is None:  # nothing was written
         raise DuplicateSend(result.batch_id)
     await session.execute(
         insert_for(session.get_bind().dialect, SendNumber.__table__),
@@ -57,7 +56,6 @@ async def record_send(
             for i, mobile in enumerate(message.numbers)
         ],
     )
-    await session.commit()
     send = await session.get(Send, send_id)
     assert send is not None
     return send
@@ -147,13 +145,18 @@ async def pending_numbers(session: AsyncSession, send_id: int) -> list[str]:
     return list((await session.scalars(stmt)).all())
 
 
+def awaiting_final_report() -> Any:
+    """EXISTS, for a statement on sends: a number of the send without a final report yet."""
+    return exists().where(SendNumber.send_id == Send.id, ~_delivery_of(True)).correlate(Send)
+
+
 async def mark_cancelled(session: AsyncSession, send: Send, at: dt.datetime) -> bool:
-    """Record a cancellation and stop reconciling; False if it was cancelled meanwhile."""
+    """Record a cancellation and stop reconciling, in the caller's transaction; False if
+    it was cancelled meanwhile."""
     result = await session.execute(
         update(Send)
         .where(Send.id == send.id, Send.cancelled_at.is_(None))
         .values(cancelled_at=at, next_check_at=None)
     )
-    await session.commit()
     await session.refresh(send)
     return bool(getattr(result, "rowcount", 0))

@@ -5,16 +5,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from typing import Any
 
-from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from app.core.paths import ROUTE, token_of
+from app.core.paths import token_of
 from app.core.settings import Settings
 from app.ingest.errors import IngestRefused, IngestUnavailable
 from app.ingest.parse import CallbackRejected, mask_mobile, parse_callback
 from app.ingest.quarantine import RawRequest, quarantine
+from app.state import AppState
 from app.web.answers import TEXT_TYPE, refuse, send_answer, send_json
 from app.web.bodies import BodyTooLarge, declared_over, read_body, too_large
 from app.web.security import address_allowed, caller_address, matches_secret
@@ -27,7 +26,7 @@ class CallbackEndpoint:
     app.main.DlrApp): it must answer fast and never redirect, and it decides for itself
     what the raw request bytes mean."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,9 +153,11 @@ class CallbackEndpoint:
         status: int | None = None,
     ) -> None:
         try:
-            rejected_id = await quarantine(
-                self.state.engine, raw, reason, errors, received_at, self.state.outbox
-            )
+            # The endpoint owns this transaction: the row is committed before the answer.
+            async with self.state.sessionmaker.begin() as session:
+                rejected_id = await quarantine(
+                    session, raw, reason, errors, received_at, self.state.outbox
+                )
         except Exception as exc:
             log.error("quarantine unreachable (%s); answering 503", exc.__class__.__name__)
             self.state.metrics.unavailable.labels("quarantine").inc()
@@ -188,102 +189,3 @@ class CallbackEndpoint:
             payload={"error": "unavailable", "message": message},
             headers=[(b"retry-after", retry_after)],
         )
-
-
-FIELD_SCHEMA = {
-    "type": "object",
-    "required": ["ID", "msgid", "type", "mobile", "donetime", "statuscode", "statusstr"],
-    "properties": {
-        "ID": {"type": "string", "maxLength": 64, "description": "The send's ID (batch)"},
-        "msgid": {"type": "string", "maxLength": 64, "description": "The carrier's message id"},
-        "type": {"type": "string", "enum": ["Now", "dlv"], "description": "Any case"},
-        "mobile": {"type": "string", "examples": ["0922161529"]},
-        "donetime": {
-            "type": "string",
-            "description": "YYYY/MM/DD HH:MM:SS, YYYY-MM-DD HH:MM:SS, YYYY/MM/DD HH:MM, "
-            "YYYYMMDDHHMMSS, YYYYMMDDHHMM, YYMMDDhhmm or ISO 8601; without an offset it is "
-            "in DLR_GATEWAY_TIMEZONE",
-        },
-        "statuscode": {"type": "string", "enum": ["0", "1"], "description": "Alias `status`"},
-        "statusstr": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,16}$"},
-    },
-}
-EXAMPLE = {
-    "ID": "123456",
-    "msgid": "208217564",
-    "type": "Now",
-    "mobile": "0922161529",
-    "donetime": "2003/05/22 13:48:50",
-    "statuscode": "1",
-    "statusstr": "DELIVRD",
-}
-
-
-def _operation(method: str) -> dict[str, Any]:
-    error = {
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorRead"}}}
-    }
-    op: dict[str, Any] = {
-        "tags": ["callback"],
-        "operationId": f"receive_callback_{method}",
-        "summary": "Receive one delivery report from the gateway",
-        "description": "Names match case-insensitively; the query string fills fields the "
-        "body lacks. The 200 is sent only after the report is committed.",
-        "parameters": [
-            {
-                "name": "token",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string"},
-                "description": "One of DLR_CALLBACK_TOKENS (or the bare path when none is set)",
-            }
-        ],
-        "responses": {
-            "200": {
-                "description": "Stored, or the same report was stored before",
-                "content": {"text/plain": {"schema": {"type": "string"}, "example": "OK"}},
-            },
-            "403": {"description": "Source address outside DLR_CALLBACK_NETWORKS", **error},
-            "404": {"description": "Token missing or wrong; nothing stored", **error},
-            "413": {"description": "Body over DLR_MAX_BODY_BYTES", **error},
-            "415": {"description": "Body of another content type; quarantined", **error},
-            "422": {
-                "description": "A field missing or invalid; quarantined",
-                "content": {
-                    "application/json": {
-                        "example": {
-                            "error": "invalid_callback",
-                            "errors": [{"field": "mobile", "message": "is required"}],
-                            "rejected_id": 17,
-                        }
-                    }
-                },
-            },
-            "503": {
-                "description": "Storage unreachable or ingest saturated; retry after "
-                "the Retry-After header",
-                **error,
-            },
-        },
-    }
-    if method == "get":
-        op["parameters"] += [
-            {"name": name, "in": "query", "required": False, "schema": schema}
-            for name, schema in FIELD_SCHEMA["properties"].items()  # type: ignore[attr-defined]
-        ]
-    else:
-        op["requestBody"] = {
-            "required": False,
-            "content": {
-                media: {"schema": FIELD_SCHEMA, "example": EXAMPLE}
-                for media in (
-                    "application/x-www-form-urlencoded",
-                    "multipart/form-data",
-                    "application/json",
-                )
-            },
-        }
-    return op
-
-
-OPENAPI_PATHS = {ROUTE: {"get": _operation("get"), "post": _operation("post")}}

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.engine import insert_for
 from app.db.models import Rejected
@@ -55,16 +55,17 @@ def fingerprint(request: RawRequest) -> bytes:
 
 
 async def quarantine(
-    engine: AsyncEngine,
+    session: AsyncSession,
     request: RawRequest,
     reason: str,
     errors: list[dict[str, Any]],
     received_at: dt.datetime,
     effect: QuarantineEffect | None = None,
 ) -> int:
-    """Store a rejected request (or count one more copy of it); return its id. `effect`
-    runs in the same transaction when this is the request's first occurrence."""
-    ins = insert_for(engine.dialect, REJECTED)
+    """Store a rejected request (or count one more copy of it) in the caller's transaction;
+    return its id. `effect` runs in that transaction when this is the request's first
+    occurrence."""
+    ins = insert_for(session.get_bind().dialect, REJECTED)
     stmt = ins.on_conflict_do_update(
         index_elements=[REJECTED.c.fingerprint],
         set_={
@@ -73,27 +74,26 @@ async def quarantine(
             "source_address": ins.excluded.source_address,
         },
     ).returning(REJECTED.c.id, REJECTED.c.count)
-    async with engine.begin() as connection:
-        result = await connection.execute(
-            stmt,
-            {
-                "fingerprint": fingerprint(request),
-                "received_at": received_at,
-                "last_seen_at": received_at,
-                "count": 1,
-                "reason": reason,
-                "errors": errors,
-                "method": request.method,
-                "query": request.query,
-                "content_type": request.content_type,
-                "source_address": request.source_address,
-                "body": request.body,
-            },
-        )
-        rejected_id, count = result.one()
-        if effect is not None and count == 1:
-            await effect.record_rejected(connection, rejected_id, reason, errors, received_at)
-        return int(rejected_id)
+    result = await session.execute(
+        stmt,
+        {
+            "fingerprint": fingerprint(request),
+            "received_at": received_at,
+            "last_seen_at": received_at,
+            "count": 1,
+            "reason": reason,
+            "errors": errors,
+            "method": request.method,
+            "query": request.query,
+            "content_type": request.content_type,
+            "source_address": request.source_address,
+            "body": request.body,
+        },
+    )
+    rejected_id, count = result.one()
+    if effect is not None and count == 1:
+        await effect.record_rejected(session, rejected_id, reason, errors, received_at)
+    return int(rejected_id)
 
 
 async def list_rejected(
@@ -130,13 +130,15 @@ class ReplayResult:
 
 
 async def replay(
-    engine: AsyncEngine, writer: Writer, zone: ZoneInfo, row: Rejected
+    session: AsyncSession, writer: Writer, zone: ZoneInfo, row: Rejected
 ) -> ReplayResult:
     """Validate a quarantined request again as of its receipt and store it the usual way.
 
-    The report goes through the writer, so dedup and the ordering rule are the callback's
-    own; a second replay is a duplicate. IngestUnavailable propagates when the database is
-    away (the report may or may not be stored; a retry is safe either way).
+    The report goes through the writer (its own transaction), so dedup and the ordering
+    rule are the callback's own; a second replay is a duplicate. The row is marked replayed
+    in the caller's transaction: should that not commit, replaying again is a harmless
+    duplicate. IngestUnavailable propagates when the database is away (the report may or may
+    not be stored; a retry is safe either way).
     """
     try:
         report = parse_callback(
@@ -151,14 +153,9 @@ async def replay(
             None, errors=[{"field": "report", "message": f"the database refused it ({exc})"}]
         )
     try:
-        async with engine.begin() as connection:
-            await connection.execute(
-                update(Rejected)
-                .where(Rejected.id == row.id)
-                .values(replayed_at=dt.datetime.now(dt.UTC))
-            )
+        now = dt.datetime.now(dt.UTC)
+        await session.execute(update(Rejected).where(Rejected.id == row.id).values(replayed_at=now))
     except Exception as exc:
-        # The report is stored; replaying again later is a harmless duplicate.
         if is_connectivity_error(exc):
             raise IngestUnavailable("database") from exc
         raise

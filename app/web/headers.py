@@ -26,18 +26,19 @@ _ATTR_RE = re.compile(r'(\w+)="([^"]*)"')
 
 def page_csp(html: str) -> str:
     """A Content-Security-Policy allowing exactly what an HTML page (the Swagger UI) loads:
-    its external scripts, stylesheets and icon by URL, its inline scripts by hash, requests
-    back to this service for the OpenAPI document, and the data: images its CSS embeds."""
+    its scripts, stylesheets and icon ('self' for those this service serves, else by URL),
+    its inline scripts by hash, requests back to this service for the OpenAPI document, and
+    the data: images its CSS embeds."""
     scripts: list[str] = []
     styles: list[str] = []
     images: list[str] = ["data:"]
     for tag, attrs_text in _TAG_RE.findall(html):
         attrs = dict(_ATTR_RE.findall(attrs_text))
         if tag.lower() == "script" and "src" in attrs:
-            scripts.append(attrs["src"])
+            scripts.append(_source(attrs["src"]))
         elif tag.lower() == "link" and "href" in attrs:
             rel = attrs.get("rel", "").lower()
-            (styles if rel == "stylesheet" else images).append(attrs["href"])
+            (styles if rel == "stylesheet" else images).append(_source(attrs["href"]))
     for code in _INLINE_RE.findall(html):
         digest = base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode()
         scripts.append(f"'sha256-{digest}'")
@@ -53,6 +54,11 @@ def page_csp(html: str) -> str:
             "form-action 'none'",
         ]
     )
+
+
+def _source(url: str) -> str:
+    # A path alone is no CSP source expression: the same origin is written 'self'.
+    return "'self'" if url.startswith("/") and not url.startswith("//") else url
 
 
 def _unique(values: Iterable[str]) -> list[str]:

@@ -9,12 +9,13 @@ import re
 import time
 from typing import Any
 
-from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logging import REQUEST_ID
+from app.core.metrics import Metrics
 from app.core.paths import PREFIX, ROUTE, route_template
+from app.core.settings import Settings
 from app.web.answers import refuse
 from app.web.bodies import declared_over, end_after_drain, too_large
 from app.web.security import caller_address
@@ -63,9 +64,10 @@ class RequestContextMiddleware:
 
     Pure ASGI and lean: it wraps every callback, whose throughput is measured."""
 
-    def __init__(self, app: ASGIApp, state: State) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
         self.app = app
-        self.state = state
+        self.settings = settings
+        self.metrics = metrics
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,7 +99,7 @@ class RequestContextMiddleware:
             REQUEST_ID.reset(context)
 
     def _wants_access_line(self, route: str, status: int) -> bool:
-        settings = self.state.settings
+        settings = self.settings
         if not settings.access_log or not access_log.isEnabledFor(logging.INFO):
             return False
         # An acknowledged callback is the one line that would repeat thousands of times a
@@ -109,7 +111,7 @@ class RequestContextMiddleware:
         series = self._series.get(key)
         if series is None:
             # Label lookups take a lock and hash the values; each series is looked up once.
-            metrics = self.state.metrics
+            metrics = self.metrics
             series = (
                 metrics.http_requests.labels(method, route, str(status)),
                 metrics.http_seconds.labels(method, route),
@@ -127,9 +129,9 @@ class RequestContextMiddleware:
         path = route
         if route == UNMATCHED:
             path = scope["path"][:200]
-            for token in self.state.settings.callback_tokens:
+            for token in self.settings.callback_tokens:
                 path = path.replace(token.get_secret_value(), "***")
-        address = caller_address(scope, self.state.settings.trusted_proxies)
+        address = caller_address(scope, self.settings.trusted_proxies)
         duration_ms = round(elapsed * 1000, 2)
         access_log.info(
             "%s %s %d %.2fms",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -35,16 +37,21 @@ def overload_answer(retry_after: int) -> object:
     return service_unavailable
 
 
-def install_overload_answer(retry_after: int) -> int:
+def install_overload_answer(retry_after: int) -> Callable[[], None]:
     """Replace uvicorn's bare `503 Service Unavailable` (sent when more connections or
     requests than DLR_LIMIT_CONCURRENCY are open) in every loaded protocol module; return
-    how many were patched. uvicorn offers no setting for this answer; the flood test in
-    tests/test_faults.py fails if a uvicorn release moves it."""
+    the function that puts uvicorn's own answers back. uvicorn offers no setting for this
+    answer; the flood test in tests/test_faults.py fails if a uvicorn release moves it."""
     answer = overload_answer(retry_after)
-    patched = 0
+    replaced: list[tuple[Any, Any]] = []
     for name in PROTOCOL_MODULES:
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "service_unavailable"):
+            replaced.append((module, module.service_unavailable))
             setattr(module, "service_unavailable", answer)  # noqa: B010 - a module global
-            patched += 1
-    return patched
+
+    def undo() -> None:
+        for module, original in replaced:
+            setattr(module, "service_unavailable", original)  # noqa: B010 - a module global
+
+    return undo
