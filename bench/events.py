@@ -122,7 +122,7 @@ def subscribe(server_url: str, receiver_url: str) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def wait_drained(receiver: Receiver, expected: int, timeout: float) -> int:
@@ -307,9 +307,10 @@ def report(runs: dict[str, Run], args: argparse.Namespace) -> None:
     for r in runs.values():
         p50 = f"{r.latency_p50_ms:.0f}" if r.latency_p50_ms is not None else "-"
         p95 = f"{r.latency_p95_ms:.0f}" if r.latency_p95_ms is not None else "-"
+        events = r.events if r.events is not None else "-"
+        got = r.received if r.received is not None else "-"
         print(
-            f"| {r.name} | {r.rps:.0f} | {r.p99_ms:.1f} | {r.events if r.events is not None else '-'} "
-            f"| {r.received if r.received is not None else '-'} | {p50} | {p95} "
+            f"| {r.name} | {r.rps:.0f} | {r.p99_ms:.1f} | {events} | {got} | {p50} | {p95} "
             f"| {'; '.join(r.notes) or '-'} |"
         )
     print()
@@ -327,9 +328,8 @@ def report(runs: dict[str, Run], args: argparse.Namespace) -> None:
         r = runs.get(name)
         if r and r.latency_p95_ms is not None:
             verdict = "met" if r.latency_p95_ms < 1000 else "NOT met"
-            print(
-                f"{name}: event p95 {r.latency_p95_ms:.0f} ms after the 200 (target < 1000): {verdict}"
-            )
+            p95 = r.latency_p95_ms
+            print(f"{name}: event p95 {p95:.0f} ms after the 200 (target < 1000): {verdict}")
     d = runs.get("dispatcher")
     if d:
         print(
