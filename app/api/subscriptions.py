@@ -67,7 +67,6 @@ def event_view(row: Event) -> dict[str, Any]:
         "url": row.url,
         "status": row.status,
         "attempts": row.attempts,
-        # A pending row claimed for an attempt holds its lease time here; it is "now".
         "next_attempt_at": row.next_attempt_at,
         "last_attempt_at": row.last_attempt_at,
         "last_status_code": row.last_status_code,

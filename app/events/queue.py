@@ -2,11 +2,11 @@
 went, one round (a few statements, one transaction) at a time, for PostgreSQL (asyncpg,
 FOR UPDATE SKIP LOCKED) and SQLite (sqlite3 in a thread of its own, under the write lock).
 
-A claim moves a row's next_attempt_at to the end of its lease: until then no other
-dispatcher takes it, and should this process die the row is due again when the lease runs
-out. That value is also the claim's token: a result is recorded only while the row still
-holds it (a row retried by hand meanwhile, or claimed again after an expired lease, keeps
-what happened since)."""
+A claim sets a row's locked_until to the end of its lease: until then no other dispatcher
+takes it, and should this process die the row is due again when the lease runs out. That
+value is also the claim's token: a result is recorded only while the row still holds it (a
+row retried by hand meanwhile, or claimed again after an expired lease, keeps what happened
+since)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def _failed_disabled(reason: str) -> str:
 # ------------------------------------------------------------------------- PostgreSQL
 
 _CLAIMED_COLUMNS = (
-    "id, event_id, payload, subscription_id, url, origin, attempts, created_at, next_attempt_at"
+    "id, event_id, payload, subscription_id, url, origin, attempts, created_at, locked_until"
 )
 PG_ROUND = f"""
 WITH settled AS (
@@ -105,6 +105,7 @@ WITH settled AS (
         attempts = v.attempts,
         next_attempt_at = CASE WHEN v.delay IS NULL THEN NULL
                                ELSE now() + v.delay * interval '1 second' END,
+        locked_until = NULL,
         last_attempt_at = CASE WHEN v.attempted THEN v.at ELSE e.last_attempt_at END,
         last_status_code = CASE WHEN v.attempted THEN v.code ELSE e.last_status_code END,
         last_error = v.error,
@@ -112,12 +113,13 @@ WITH settled AS (
     FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::int[], $5::float8[],
                 $6::bool[], $7::timestamptz[], $8::int[], $9::text[])
         AS v(id, token, status, attempts, delay, attempted, at, code, error)
-    WHERE e.id = v.id AND e.next_attempt_at = v.token
+    WHERE e.id = v.id AND e.locked_until = v.token
 ), claimed AS (
-    UPDATE events SET next_attempt_at = now() + $10 * interval '1 second'
+    UPDATE events SET locked_until = now() + $10 * interval '1 second'
     WHERE id IN (
         SELECT id FROM events
-        WHERE status = 'pending' AND next_attempt_at <= now() AND origin <> ALL($11::text[])
+        WHERE status = 'pending' AND next_attempt_at <= now()
+          AND (locked_until IS NULL OR locked_until <= now()) AND origin <> ALL($11::text[])
         ORDER BY next_attempt_at
         LIMIT $12
         FOR UPDATE SKIP LOCKED
@@ -125,21 +127,22 @@ WITH settled AS (
     RETURNING {_CLAIMED_COLUMNS}
 )
 SELECT c.id, c.event_id, c.payload, c.subscription_id, c.url, c.origin, c.attempts,
-       c.created_at, c.next_attempt_at, coalesce(s.enabled, false), s.secret,
+       c.created_at, c.locked_until, coalesce(s.enabled, false), s.secret,
        s.previous_secret, s.previous_secret_until
 FROM claimed c LEFT JOIN subscriptions s ON s.id = c.subscription_id
 """
 PG_RELEASE = """
-UPDATE events SET next_attempt_at = now()
+UPDATE events SET locked_until = NULL
 FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, token)
-WHERE events.id = v.id AND events.next_attempt_at = v.token
+WHERE events.id = v.id AND events.locked_until = v.token
 """
 DISABLE = """
 UPDATE subscriptions SET enabled = false, disabled_reason = {reason}, updated_at = {now}
 WHERE id = {id} AND enabled
 """
 FAIL_PENDING = """
-UPDATE events SET status = 'failed', next_attempt_at = NULL, last_error = {error}
+UPDATE events SET status = 'failed', next_attempt_at = NULL, locked_until = NULL,
+    last_error = {error}
 WHERE subscription_id = {id} AND status = 'pending'
 """
 WAITING = "SELECT count(*), min(created_at) FROM events WHERE status = 'pending'"
@@ -263,6 +266,7 @@ UPDATE events SET
     status = json_extract(v.value, '$[2]'),
     attempts = json_extract(v.value, '$[3]'),
     next_attempt_at = json_extract(v.value, '$[4]'),
+    locked_until = NULL,
     last_attempt_at = CASE WHEN json_extract(v.value, '$[5]') THEN json_extract(v.value, '$[6]')
                            ELSE events.last_attempt_at END,
     last_status_code = CASE WHEN json_extract(v.value, '$[5]') THEN json_extract(v.value, '$[7]')
@@ -272,19 +276,20 @@ UPDATE events SET
                         THEN json_extract(v.value, '$[6]') END
 FROM json_each(?) AS v
 WHERE events.id = json_extract(v.value, '$[0]')
-  AND events.next_attempt_at = json_extract(v.value, '$[1]')
+  AND events.locked_until = json_extract(v.value, '$[1]')
 """
 SQLITE_RELEASE = """
-UPDATE events SET next_attempt_at = ?
+UPDATE events SET locked_until = NULL
 FROM json_each(?) AS v
 WHERE events.id = json_extract(v.value, '$[0]')
-  AND events.next_attempt_at = json_extract(v.value, '$[1]')
+  AND events.locked_until = json_extract(v.value, '$[1]')
 """
 SQLITE_CLAIM = f"""
-UPDATE events SET next_attempt_at = ?
+UPDATE events SET locked_until = ?
 WHERE id IN (
     SELECT id FROM events
     WHERE status = 'pending' AND next_attempt_at <= ?
+      AND (locked_until IS NULL OR locked_until <= ?)
       AND origin NOT IN (SELECT value FROM json_each(?))
     ORDER BY next_attempt_at
     LIMIT ?
@@ -335,7 +340,7 @@ class SqliteQueue:
                     ]
                     raw.execute(SQLITE_SETTLE, (json.dumps(rows),))
                 if work.released:
-                    raw.execute(SQLITE_RELEASE, (now_text, json.dumps(work.released)))
+                    raw.execute(SQLITE_RELEASE, (json.dumps(work.released),))
                 for sub_id, reason in work.disable:
                     raw.execute(
                         DISABLE.format(reason="?", now="?", id="?"), (reason, now_text, sub_id)
@@ -348,7 +353,8 @@ class SqliteQueue:
                 if work.limit > 0:
                     lease = sqlite_time(now + dt.timedelta(seconds=work.lease_seconds))
                     claimed = raw.execute(
-                        SQLITE_CLAIM, (lease, now_text, json.dumps(work.busy), work.limit)
+                        SQLITE_CLAIM,
+                        (lease, now_text, now_text, json.dumps(work.busy), work.limit),
                     ).fetchall()
                     if any(row[3] is not None for row in claimed):
                         subscriptions = {row[0]: row for row in raw.execute(SQLITE_SUBSCRIPTIONS)}

@@ -78,7 +78,7 @@ async def _fail_pending(session: AsyncSession, subscription_id: str, reason: str
     await session.execute(
         update(Event)
         .where(Event.subscription_id == subscription_id, Event.status == "pending")
-        .values(status="failed", next_attempt_at=None, last_error=reason)
+        .values(status="failed", next_attempt_at=None, locked_until=None, last_error=reason)
     )
 
 
@@ -162,6 +162,7 @@ async def retry_event(session: AsyncSession, event_row_id: int) -> Event:
     row.status = "pending"
     row.attempts = 0
     row.next_attempt_at = dt.datetime.now(dt.UTC)
+    row.locked_until = None  # a send in flight records nothing over this
     row.delivered_at = None
     if session.get_bind().dialect.name == "postgresql":
         # Delivered to the dispatchers when the caller commits.
