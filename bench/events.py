@@ -175,6 +175,7 @@ def ingest_run(
         run.rps, run.p99_ms = w["rps"], w["p99"]
         run.requests, run.non2xx = int(w["requests"]), int(w["non2xx"])
         if receiver is not None and database_url is not None:
+            time.sleep(1)  # the requests wrk left in flight are stored by now
             run.events = count_events(database_url)
             run.received = wait_drained(receiver, run.events, timeout=120)
             arrivals: dict[str, float] = {}
