@@ -50,7 +50,7 @@ async def open_storage(
     Every batch records its outbound events (the outbox is the writer's effect), whichever
     path stores it: callbacks, replays, reconciliation."""
     engine = create_engine(settings.database_url, pool_size=pool_size or settings.db_pool_size)
-    outbox = EventOutbox(metrics)
+    outbox = EventOutbox(metrics, engine if engine.dialect.name == "postgresql" else None)
     try:
         writer = Writer(
             engine,
@@ -70,6 +70,7 @@ async def open_storage(
             )
         finally:
             await writer.stop()
+            await outbox.close()
     finally:
         await engine.dispose()
 

@@ -2,20 +2,30 @@
 destination that wants the event (a BatchEffect of the ingest writer, and a hook of the
 quarantine).
 
-Destinations are read inside that transaction, in one statement with the batch: the enabled
-subscriptions (a small table) and the status_callback of the sends the changed deliveries
-belong to. No cache another replica could have made stale decides who hears of a change.
-A batch's events are one INSERT; on PostgreSQL it also NOTIFYs the dispatchers, which hear
-it when the batch commits."""
+Destinations are read for each batch, in one statement: the enabled subscriptions (a small
+table) and the status_callback of the sends named by the batch's reports. No cache another
+replica could have made stale decides who hears of a change: the read starts after the
+batch has started, so whatever was committed before the batch began (a subscription whose
+POST was answered, a send whose status_callback was recorded) is always matched. On SQLite
+the read runs in the batch's transaction. On PostgreSQL it runs on a connection of its own,
+started as the batch begins, so it overlaps the batch's own statements instead of adding a
+round trip to every batch (one cost 7% of the ingest rate even without any subscription).
+A batch's events are one INSERT, which also NOTIFYs the dispatchers on PostgreSQL (they
+hear it when the batch commits)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.metrics import Metrics
 from app.events.payloads import (
@@ -27,7 +37,7 @@ from app.events.payloads import (
     utc_text,
 )
 from app.events.urls import origin_of
-from app.ingest.fold import DeliveryChange
+from app.ingest.fold import Arrival, DeliveryChange
 
 NOTIFY_CHANNEL = "mboxii_dlr_events"
 
@@ -151,15 +161,62 @@ def plan_rows(
     return [ids, payloads, subs, urls, origins]
 
 
-class EventOutbox:
-    """Records events in the transaction of their change (a BatchEffect; see
-    app.ingest.store). `wake` is called when rows were written (on SQLite, from the store's
-    thread and before the commit: the dispatcher claims under the write lock, so it waits
-    for that commit and then sees them)."""
+# The destinations read for the batch the current task is storing (see prepare_postgres).
+_PREPARED: ContextVar[tuple[asyncio.Task[list[Any]], set[str]] | None] = ContextVar(
+    "prepared_targets", default=None
+)
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A read whose batch failed first is never awaited: take its exception all the same."""
+    if not task.cancelled():
+        task.exception()
+
+
+class EventOutbox:
+    """Records events in the transaction of their change (a BatchEffect and PreparedEffect;
+    see app.ingest.store). `wake` is called when rows were written (on SQLite, from the
+    store's thread and before the commit: the dispatcher claims under the write lock, so it
+    waits for that commit and then sees them). `engine` (PostgreSQL) is where the
+    destinations are read beside each batch."""
+
+    def __init__(self, metrics: Metrics | None = None, engine: AsyncEngine | None = None) -> None:
         self.metrics = metrics
+        self.engine = engine
         self.wake: Callable[[], None] | None = None
+        self._side: Any = None  # the asyncpg connection of those reads
+        self._side_lock = asyncio.Lock()
+
+    def prepare_postgres(self, batch: Sequence[Arrival]) -> None:
+        """Start reading the batch's destinations, beside the batch's own statements."""
+        if self.engine is None:
+            return
+        batch_ids = {a.report.batch_id for a in batch}
+        task = asyncio.get_running_loop().create_task(self._read_targets(list(batch_ids)))
+        task.add_done_callback(_retrieve)
+        _PREPARED.set((task, batch_ids))
+
+    async def _read_targets(self, batch_ids: list[str]) -> list[Any]:
+        from app.events.queue import connect_postgres
+
+        assert self.engine is not None
+        async with self._side_lock:
+            try:
+                if self._side is None or self._side.is_closed():
+                    self._side = await connect_postgres(self.engine)
+                return list(await self._side.fetch(TARGETS_POSTGRES, batch_ids))
+            except BaseException:
+                side, self._side = self._side, None
+                if side is not None:
+                    with contextlib.suppress(Exception):
+                        side.terminate()
+                raise
+
+    async def close(self) -> None:
+        if self._side is not None:
+            side, self._side = self._side, None
+            with contextlib.suppress(Exception):
+                await side.close(timeout=2)
 
     def _created(self, event_type: str, rows: int) -> None:
         if self.metrics is not None and rows:
@@ -168,8 +225,16 @@ class EventOutbox:
             self.wake()
 
     async def apply_postgres(self, connection: Any, changes: Sequence[DeliveryChange]) -> None:
-        batch_ids = list({c.state.batch_id for c in changes})
-        targets = destinations(await connection.fetch(TARGETS_POSTGRES, batch_ids))
+        prepared = _PREPARED.get()
+        _PREPARED.set(None)
+        batch_ids = {c.state.batch_id for c in changes}
+        if prepared is not None and batch_ids <= prepared[1]:
+            rows = await prepared[0]
+        else:
+            # Not prepared, or a delivery keeps an ID none of the batch's reports carry (a
+            # report of another batch ID): read in the transaction.
+            rows = await connection.fetch(TARGETS_POSTGRES, list(batch_ids))
+        targets = destinations(rows)
         if not targets:
             return
         now = dt.datetime.now(dt.UTC)
