@@ -204,7 +204,7 @@ class Dispatcher:
         while True:
             connection = None
             try:
-                connection = await connect_postgres(self.engine)
+                connection = await connect_postgres(self.engine, "listen")
                 closed = asyncio.Event()
                 connection.add_termination_listener(lambda *_, closed=closed: closed.set())
                 await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self.wake())

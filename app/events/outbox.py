@@ -203,7 +203,7 @@ class EventOutbox:
         async with self._side_lock:
             try:
                 if self._side is None or self._side.is_closed():
-                    self._side = await connect_postgres(self.engine)
+                    self._side = await connect_postgres(self.engine, "targets")
                 return list(await self._side.fetch(TARGETS_POSTGRES, batch_ids))
             except BaseException:
                 side, self._side = self._side, None

@@ -162,8 +162,9 @@ def _settled_columns(settled: Sequence[Settled]) -> list[list[Any]]:
     ]
 
 
-async def connect_postgres(engine: AsyncEngine, **server_settings: str) -> Any:
-    """An asyncpg connection of its own (outside the pool) to the engine's database."""
+async def connect_postgres(engine: AsyncEngine, role: str, **server_settings: str) -> Any:
+    """An asyncpg connection of its own (outside the pool) to the engine's database; `role`
+    names it in pg_stat_activity (mboxii-dlr-events-<role>)."""
     import asyncpg
 
     url = engine.url
@@ -175,7 +176,7 @@ async def connect_postgres(engine: AsyncEngine, **server_settings: str) -> Any:
         database=url.database,
         timeout=5,
         command_timeout=30,
-        server_settings={"application_name": "mboxii-dlr-events", **server_settings},
+        server_settings={"application_name": f"mboxii-dlr-events-{role}", **server_settings},
     )
 
 
@@ -196,7 +197,7 @@ class PostgresQueue:
     async def _raw(self) -> Any:
         if self._connection is None:
             self._connection = await connect_postgres(
-                self.engine, timezone="UTC", enable_seqscan="off"
+                self.engine, "dispatch", timezone="UTC", enable_seqscan="off"
             )
         return self._connection
 
