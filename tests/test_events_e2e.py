@@ -144,6 +144,16 @@ async def test_a_status_callback_hears_of_its_sends_deliveries(database_url: str
                 assert r.status_code == 200
             items = await settled(client, 1)
             assert items[0]["subscription_id"] is None and items[0]["url"] == receiver.url
-        (event,) = receiver.log()
-    Webhook(SECRET).verify(event["body"], event["headers"])
-    assert '"msgid":"sc1"' in event["body"]
+            # A later report of the delivery under another ID: the delivery keeps its
+            # first ID, so its change still goes to that send's status_callback.
+            later = report(**{**fields, "ID": "elsewhere", "donetime": "2003/05/22 14:00:00"})
+            assert (await client.post("/callbacks/mboxii/tok-1", data=later)).status_code == 200
+            await settled(client, 2)
+        first, second = receiver.log()
+    for event in (first, second):
+        Webhook(SECRET).verify(event["body"], event["headers"])
+        assert '"msgid":"sc1"' in event["body"]
+    assert (
+        '"version":2' in second["body"]
+        and first["headers"]["webhook-id"] != second["headers"]["webhook-id"]
+    )
