@@ -48,11 +48,14 @@ POLL_SECONDS = 1.0
 # Rounds are at least this far apart, so a busy dispatcher records and claims many rows
 # per statement instead of a few.
 ROUND_GAP = 0.005
+# On SQLite a round holds the one write lock the ingest writer needs, and commits with an
+# fsync: fewer, larger rounds.
+SQLITE_ROUND_GAP = 0.02
 # Claimed rows held at once in this process (queued and being sent).
 MAX_HELD = 1000
 # A receiver may have this many times its concurrency claimed, the rest waiting in its
 # queue: enough that its slots stay busy between two rounds.
-QUEUE_FACTOR = 4
+QUEUE_FACTOR = 8
 RETRY_AFTER_CAP = 3600.0
 # Time a claim keeps beyond what its sends can take, for the round trips around them.
 LEASE_MARGIN = 5.0
@@ -131,6 +134,7 @@ class Dispatcher:
         )
         self._queue: EventQueue = open_queue(engine)
         self._sqlite = engine.dialect.name == "sqlite"
+        self._round_gap = SQLITE_ROUND_GAP if self._sqlite else ROUND_GAP
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
         self._more = True  # something may be due: claim on the next round
@@ -238,7 +242,7 @@ class Dispatcher:
                 except TimeoutError:
                     self._more = True
                 continue
-            gap = last + ROUND_GAP - now
+            gap = last + self._round_gap - now
             if gap > 0:
                 await asyncio.sleep(gap)
             last = time.monotonic()
