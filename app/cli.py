@@ -25,12 +25,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server (uvicorn)."""
     import uvicorn
 
+    from app.web.protocol import deadline_protocol
+
     if args.migrate or settings.migrate_on_start:
         failed = cmd_migrate(args, settings)
         if failed:
             return failed
     uvicorn.run(
         "app.main:app",
+        # Closes connections that do not deliver their request in time (uvicorn alone waits
+        # for ever, and each one holds a place among DLR_LIMIT_CONCURRENCY).
+        http=deadline_protocol(settings.header_timeout_seconds),
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers or settings.workers,
@@ -294,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help=cmd_serve.__doc__)
-    serve.add_argument("--host", help="listen address (DLR_HOST, default 0.0.0.0)")
+    serve.add_argument("--host", help="listen address (DLR_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (DLR_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (DLR_WORKERS, default 1)")
     serve.add_argument("--migrate", action="store_true", help="migrate before serving")

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI
@@ -21,8 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
 from app.api import callbacks, deliveries, messages, ops, rejected, stats, subscriptions
-from app.api.auth import require_api_key
+from app.api.auth import ApiKeyMiddleware, require_api_key
+from app.api.budget import SendBudget
 from app.api.errors import install_error_handlers
+from app.api.openapi import refine
 from app.api.params import reject_nul
 from app.core import redact
 from app.core.metrics import Metrics
@@ -60,8 +63,10 @@ questions about them.
   schedule through MboxII with this service's callback URL; reconciliation asks the gateway
   (CheckSMS) about reports that never came.
 * **Read API** (`/v1`): needs `Authorization: Bearer <key>` or `X-API-Key: <key>` when
-  `DLR_API_KEYS` is set. Times are ISO 8601 in UTC; parameters without an offset are in the
-  gateway zone. Errors are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
+  keys are set: a key of `DLR_API_KEYS` reads, one of `DLR_SEND_API_KEYS` also sends and
+  cancels (`403` for a read key). `/metrics` takes the same keys unless it is public.
+  Times are ISO 8601 in UTC; parameters without an offset are in the gateway zone. Errors
+  are JSON `{"error": "<code>", ...}`; a bad parameter is a `422`
   `{"error": "invalid_parameters", "errors": [{"field": "...", "message": "..."}]}`.
 * **Browsers**: set `DLR_CORS_ORIGINS` (comma separated origins) to let dashboards served
   from those origins call the read API.
@@ -100,6 +105,7 @@ def create_app(
         metrics=metrics,
         dashboard_cache=OverviewCache(),
         ack_body=settings.callback_ack.encode("utf-8"),
+        send_budget=SendBudget(settings.send_rate),
     )
 
     @asynccontextmanager
@@ -128,6 +134,7 @@ def create_app(
                     ).inc(),
                 )
                 stack.push_async_callback(gateway.aclose)
+                warn_about_plain_http(settings)
                 reconciler = Reconciler(settings, state.sessionmaker, state.writer, gateway)
                 reconciler.start()
                 stack.push_async_callback(reconciler.stop)
@@ -167,8 +174,11 @@ def create_app(
     app.include_router(ops.router)
     # Documentation only: DlrApp serves these paths before FastAPI routes anything.
     app.include_router(callbacks.router)
-    # Every /v1 route sits behind the API keys; the callback path never does.
-    v1 = [Depends(require_api_key), Depends(reject_nul)]
+    # Every /v1 route sits behind the API keys (when there are any); the callback path never
+    # does. ApiKeyMiddleware checks them first; the dependency documents and re-checks.
+    keys = [Depends(require_api_key)] if settings.read_keys else []
+    app.include_router(ops.metrics_router, dependencies=[] if settings.metrics_open else keys)
+    v1 = [*keys, Depends(reject_nul)]
     for router in (stats.router, rejected.router, subscriptions.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
@@ -177,6 +187,8 @@ def create_app(
     if settings.mboxii_configured:
         # Without an account there is nothing to send with: the paths do not exist.
         app.include_router(messages.router, dependencies=v1)
+    # Innermost, so CORS preflights (answered outside it) need no key.
+    app.add_middleware(ApiKeyMiddleware, state=state)
     if settings.cors_origins:
         # Browser dashboards on other origins; preflights are answered here, before the
         # API key check, as browsers send them without credentials.
@@ -219,6 +231,12 @@ def create_app(
         """Serve the Swagger UI with a CSP that allows exactly what it loads."""
         return HTMLResponse(bytes(docs.body), headers=docs_headers)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = refine(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -235,6 +253,15 @@ def warn_about_secrets(settings: Settings) -> None:
             "random ones (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
             name,
             problem,
+        )
+
+
+def warn_about_plain_http(settings: Settings) -> None:
+    if settings.mboxii_base_url.startswith("http://"):
+        log.warning(
+            "DLR_MBOXII_BASE_URL is plain http: MboxII's API speaks only HTTP on port 80, so "
+            "the account password and every message cross the network in clear; send from a "
+            "network path you trust, or use an https base URL if your gateway offers one"
         )
 
 

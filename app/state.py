@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.api.budget import SendBudget
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.db.engine import create_engine
@@ -87,6 +88,8 @@ class AppState:
     dashboard_cache: OverviewCache
     #: the callback's acknowledgement, encoded once
     ack_body: bytes
+    #: messages each send key may still send this minute (DLR_SEND_RATE)
+    send_budget: SendBudget
     storage: Storage = field(init=False)
     #: refused API keys per client, in the database (the dashboard's login and /v1 share it)
     key_throttle: KeyThrottle = field(init=False)

@@ -19,7 +19,7 @@ ACCOUNT = {
     "mboxii_cid": "acct",
     "mboxii_cpw": "gw-secret-pw",
     "public_url": PUBLIC_URL,
-    "api_keys": [API_KEY],
+    "send_api_keys": [API_KEY],
     "callback_tokens": ["tok-1", "tok-2"],
     # tests ask many times in a row; the default spacing would only make them slow
     "reconcile_rate": 1000,

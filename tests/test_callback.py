@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core.mobiles import mask_mobile, normalize_mobile, normalize_mobile_phonenumbers
-from app.ingest.parse import CallbackRejected, parse_callback, parse_donetime
+from app.ingest.errors import CallbackRejected
+from app.ingest.parse import parse_callback, parse_donetime
 from tests.conftest import SEED_REPORT, report
 from tests.helpers import grown_by
 

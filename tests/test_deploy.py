@@ -108,6 +108,34 @@ def test_service_hpa_pdb_and_ingress_point_at_the_server() -> None:
     assert "tls" not in kinds["Ingress"]["spec"]
 
 
+def test_prometheus_scrapes_with_a_key() -> None:
+    kinds = by_kind()
+    pod = kinds["Deployment"]["spec"]["template"]
+    # Annotation-driven scraping cannot send a key: it would only collect 401s.
+    assert not any(k.startswith("prometheus.io/") for k in pod["metadata"].get("annotations", {}))
+    assert kinds["ConfigMap"]["data"]["DLR_METRICS_PUBLIC"] == "false"
+    monitor = yaml.safe_load((K8S / "monitoring" / "podmonitor.yaml").read_text())
+    assert monitor["kind"] == "PodMonitor"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert endpoint["authorization"]["type"] == "Bearer"
+    credentials = endpoint["authorization"]["credentials"]
+    secret = kinds["Secret"]
+    assert credentials["name"] == secret["metadata"]["name"]
+    # The token Prometheus sends is one of the keys the service accepts.
+    token = secret["stringData"][credentials["key"]]
+    assert token in secret["stringData"]["DLR_API_KEYS"].split(",")
+
+
+def test_a_bare_server_listens_on_loopback_and_the_image_on_every_interface() -> None:
+    assert Settings(_env_file=None).host == "127.0.0.1"  # type: ignore[call-arg]
+    assert re.search(r"^\s+DLR_HOST=0\.0\.0\.0 ", (ROOT / "Dockerfile").read_text(), re.M)
+    # Compose and Kubernetes run the image and keep its address.
+    assert "DLR_HOST" not in compose()["services"]["app"].get("environment", {})
+    assert "DLR_HOST" not in by_kind()["ConfigMap"]["data"]
+
+
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     return loaded

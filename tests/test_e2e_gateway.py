@@ -96,7 +96,7 @@ def test_dropped_callbacks_are_recovered_and_each_message_ends_right(
             "DLR_MBOXII_CID": "acct",
             "DLR_MBOXII_CPW": "pw",
             "DLR_MBOXII_BASE_URL": simulator.url + "/api/",
-            "DLR_API_KEYS": API_KEY,
+            "DLR_SEND_API_KEYS": API_KEY,
             "DLR_CALLBACK_TOKENS": TOKEN,
             "DLR_RECONCILE_AFTER": "2s",
             "DLR_RECONCILE_INTERVAL": "0.5s",

@@ -60,7 +60,9 @@ def seed_over_http(base_url: str) -> None:
 def test_every_read_operation_answers_by_its_schema(
     live_server: Callable[..., LiveServer],
 ) -> None:
-    server = live_server(DLR_API_KEYS=KEY, **{f"DLR_{k.upper()}": v for k, v in GATEWAY.items()})
+    server = live_server(
+        DLR_SEND_API_KEYS=KEY, **{f"DLR_{k.upper()}": v for k, v in GATEWAY.items()}
+    )
     seed_over_http(server.url)
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json").include(
         method="GET", path_regex=READ_PATHS
@@ -154,7 +156,7 @@ def _request(path: str, parameters: list[dict[str, Any]], target: str, value: st
 
 
 async def test_sql_fragments_in_every_string_parameter(app_factory: Any, database_url: str) -> None:
-    async with app_factory(api_keys=KEY, **GATEWAY) as (app, client):
+    async with app_factory(send_api_keys=KEY, **GATEWAY) as (app, client):
         client.headers.update(AUTH)
         for body in SEEDED:
             assert (await client.post(CB, data=body)).status_code == 200

@@ -55,10 +55,10 @@ async def test_with_an_account_they_exist_behind_the_api_keys(database_url: str)
     assert gateway.requests == []
 
 
-def test_an_account_without_api_keys_refuses_to_start(tmp_path: Any) -> None:
+def test_an_account_without_send_keys_refuses_to_start(tmp_path: Any) -> None:
     with pytest.raises(SettingsError) as exc:
-        load_settings(_env_file=None, **{**ACCOUNT, "api_keys": []})
-    assert "DLR_API_KEYS" in str(exc.value) and "DLR_MBOXII_CID" in str(exc.value)
+        load_settings(_env_file=None, **{**ACCOUNT, "send_api_keys": [], "api_keys": ["k" * 20]})
+    assert "DLR_SEND_API_KEYS" in str(exc.value) and "DLR_MBOXII_CID" in str(exc.value)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DLR_")},
         "DLR_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
@@ -75,7 +75,7 @@ def test_an_account_without_api_keys_refuses_to_start(tmp_path: Any) -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert "DLR_API_KEYS" in done.stderr
+    assert "DLR_SEND_API_KEYS" in done.stderr
     assert "gw-secret-pw" not in done.stderr + done.stdout
 
 

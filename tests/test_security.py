@@ -500,7 +500,12 @@ def refusal(**overrides: Any) -> str:
         ({"api_keys": "changeme"}, "DLR_API_KEYS"),
         ({"cursor_secret": "CHANGEME-but-long-enough-to-pass"}, "DLR_CURSOR_SECRET"),
         (
-            {"mboxii_cid": "acct", "mboxii_cpw": "replace-me", "public_url": "https://x.example"},
+            {
+                "mboxii_cid": "acct",
+                "mboxii_cpw": "replace-me",
+                "public_url": "https://x.example",
+                "send_api_keys": STRONG + "s",
+            },
             "DLR_MBOXII_CPW",
         ),
     ],
@@ -512,7 +517,7 @@ def test_production_refuses_short_and_placeholder_secrets_naming_them(
     assert variable in message and "production" in message
     for value in overrides.values():  # named, never shown
         for part in str(value).split(","):
-            if part not in (STRONG + "t", "acct", "https://x.example"):
+            if part not in (STRONG + "t", STRONG + "s", "acct", "https://x.example"):
                 assert part not in message
     # outside production the same values only draw a warning at start
     production_settings(**overrides, env="development")
@@ -565,6 +570,7 @@ def test_no_secret_in_the_settings_repr_or_str() -> None:
     secrets = {
         "callback_tokens": ["callback-token-aaaaaaaaaaaaaaaa", "callback-token-bbbbbbbbbbbbbbb"],
         "api_keys": ["api-key-cccccccccccccccccccccccc"],
+        "send_api_keys": ["send-key-gggggggggggggggggggggg"],
         "cursor_secret": "cursor-secret-dddddddddddddddd",
         "mboxii_cpw": "gateway-password-eeeeeeeeeeeee",
     }
@@ -577,6 +583,7 @@ def test_no_secret_in_the_settings_repr_or_str() -> None:
     )
     shown = repr(settings) + str(settings) + repr(settings.api_keys) + f"{settings}"
     values = [*secrets["callback_tokens"], *secrets["api_keys"], "db-password-fffffffffff"]
+    values += secrets["send_api_keys"]
     values += [secrets["cursor_secret"], secrets["mboxii_cpw"]]
     assert [v for v in values if v in shown] == []
     assert "db.example:5432/dlr" in shown  # where the database is stays visible

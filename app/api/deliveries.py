@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from app.api.errors import error_responses
-from app.api.params import invalid, parse_instant, parse_mobile
+from app.api.params import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    IDENTIFIER_PATTERN,
+    INSTANT_DESCRIPTION,
+    INSTANT_PATTERN,
+    MOBILE_SCHEMA,
+    STATUS_PATTERN,
+    check_cursor,
+    check_identifier,
+    check_status,
+    invalid,
+    parse_instant,
+    parse_mobile,
+    pattern,
+)
 from app.api.schemas import (
     AmbiguousRead,
     DeliveryDetail,
@@ -25,14 +39,15 @@ from app.state import SessionDep, SettingsDep, StateDep
 router = APIRouter(prefix="/v1", tags=["deliveries"])
 
 CSV_FIELDS = list(DeliveryRead.model_fields)
-_STATUS_RE = re.compile(r"[A-Za-z0-9_]{1,16}")
 
 MobileQuery = Annotated[
     str | None,
     Query(
         description="A Taiwan mobile number in any accepted form "
-        "(`0912345678`, `+886912345678`, `886912345678`, `912345678`)",
+        "(`0912345678`, `+886912345678`, `886912345678`, `912345678`, with spaces, dots or "
+        "dashes)",
         examples=["0922161529"],
+        json_schema_extra=dict(MOBILE_SCHEMA),
     ),
 ]
 
@@ -43,19 +58,17 @@ async def delivery_filters(
     msgid: Annotated[
         str | None,
         Query(
-            min_length=1,
-            max_length=64,
             description="The carrier's message id",
             examples=["208217564"],
+            json_schema_extra=pattern(IDENTIFIER_PATTERN),
         ),
     ] = None,
     batch_id: Annotated[
         str | None,
         Query(
-            min_length=1,
-            max_length=64,
             description="The `ID` the gateway returned for the send",
             examples=["123456"],
+            json_schema_extra=pattern(IDENTIFIER_PATTERN),
         ),
     ] = None,
     status: Annotated[
@@ -65,6 +78,7 @@ async def delivery_filters(
             "`UNDELIV`, ...). Repeat it to match any of several: "
             "`?status=EXPIRED&status=UNDELIV`",
             examples=[["EXPIRED", "UNDELIV"]],
+            json_schema_extra={"items": {"type": "string", "pattern": STATUS_PATTERN}},
         ),
     ] = None,
     outcome: Annotated[
@@ -78,34 +92,32 @@ async def delivery_filters(
     done_from: Annotated[
         str | None,
         Query(
-            description="Only deliveries whose `done_at` is at or after this time (ISO 8601; "
-            "without an offset it is in the gateway zone)",
+            description="Only deliveries whose `done_at` is at or after this time. "
+            + INSTANT_DESCRIPTION,
             examples=["2026-11-01T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
         ),
     ] = None,
     done_to: Annotated[
         str | None,
         Query(
-            description="Only deliveries whose `done_at` is before this time (exclusive; "
-            "ISO 8601, without an offset in the gateway zone)",
+            description="Only deliveries whose `done_at` is before this time (exclusive). "
+            + INSTANT_DESCRIPTION,
             examples=["2026-12-01T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
         ),
     ] = None,
 ) -> DeliveryFilters:
     """Parse and normalise the filters shared by the list and the CSV export."""
-    words: set[str] = set()
-    for word in status or ():
-        if not _STATUS_RE.fullmatch(word.strip()):
-            raise invalid("status", "must be 1-16 letters, digits or underscores")
-        words.add(word.strip().upper())
+    words = {check_status(word) for word in status or ()}
     start = parse_instant("done_from", done_from, settings.zone)
     end = parse_instant("done_to", done_to, settings.zone)
     if start is not None and end is not None and start >= end:
         raise invalid("done_to", "must be later than done_from")
     return DeliveryFilters(
         mobile=parse_mobile(mobile),
-        msgid=msgid,
-        batch_id=batch_id,
+        msgid=check_identifier("msgid", msgid),
+        batch_id=check_identifier("batch_id", batch_id),
         statuses=tuple(sorted(words)),
         outcome=outcome,
         type=kind,
@@ -134,7 +146,8 @@ async def list_deliveries(
         str | None,
         Query(
             description="`next_cursor` of the previous page. Send the same filters with it "
-            "(only `limit` may change); a cursor from other filters, or altered, is a 422"
+            "(only `limit` may change); a cursor from other filters, or altered, is a 422",
+            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
         ),
     ] = None,
 ) -> dict[str, Any]:
@@ -146,7 +159,7 @@ async def list_deliveries(
     during the walk may move to a page already read, or show up twice)."""
     key = cursor_key(settings)
     items, next_cursor = await find_deliveries(
-        session, filters, limit=limit, cursor=cursor, key=key
+        session, filters, limit=limit, cursor=check_cursor(cursor), key=key
     )
     return {"items": items, "next_cursor": next_cursor}
 
@@ -201,8 +214,16 @@ async def export_deliveries(state: StateDep, filters: FiltersDep) -> CsvResponse
 )
 async def read_delivery(
     session: SessionDep,
-    msgid: Annotated[str, Path(description="The carrier's message id", examples=["208217564"])],
+    msgid: Annotated[
+        str,
+        Path(
+            description="The carrier's message id",
+            examples=["208217564"],
+            json_schema_extra=pattern(IDENTIFIER_PATTERN),
+        ),
+    ],
     mobile: MobileQuery = None,
 ) -> dict[str, Any]:
     """Show the current state of one message and every report received for it."""
+    check_identifier("msgid", msgid)
     return await get_delivery(session, msgid, parse_mobile(mobile))

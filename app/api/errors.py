@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.errors import ApiError
 from app.core.settings import Settings
@@ -26,6 +28,19 @@ def _clean(errors: Any) -> list[dict[str, Any]]:
     return cleaned
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: a 405 names them all in `Allow`, where
+    Starlette names only those of the first route that matched (GET and DELETE of
+    /v1/messages/{batch_id} are two routes)."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.router.routes):
+        match, _ = context.original_route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= context.methods or set()
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
+
+
 def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     """Render every error in the contract's JSON shape."""
 
@@ -39,19 +54,23 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
             {"error": "invalid_parameters", "errors": _clean(exc.errors())}, status_code=422
         )
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         codes = {
+            400: "malformed_body",
             404: "not_found",
             405: "method_not_allowed",
             401: "unauthorized",
             413: "payload_too_large",
         }
         code = codes.get(exc.status_code, "http_error")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return JSONResponse(
             {"error": code, "message": str(exc.detail)},
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     async def storage_error(_: Request, exc: Exception) -> JSONResponse:
@@ -83,8 +102,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     if 401 in statuses:  # the key check and its throttle go together
         statuses = (*statuses, 429)
     text = {
+        400: "The body is not JSON (`malformed_body`)",
         401: "Missing or wrong API key",
-        429: "Too many refused API keys from this address: wait `Retry-After` seconds",
+        403: "The key may read but not send or cancel (`forbidden`)",
+        429: "Too many refused API keys from this address or, for a send, over the key's "
+        "budget of messages a minute (`DLR_SEND_RATE`): wait `Retry-After` seconds",
         404: "Not found",
         409: "Several deliveries share this msgid; pass `mobile`",
         422: "Invalid parameters",

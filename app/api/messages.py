@@ -6,11 +6,19 @@ import datetime as dt
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.auth import require_send_key
+from app.api.budget import SendBudget
 from app.api.errors import error_responses
-from app.api.params import invalid
+from app.api.params import (
+    IDENTIFIER_PATTERN,
+    check_identifier,
+    invalid,
+    parse_instant,
+    pattern,
+)
 from app.api.schemas import GatewayErrorRead, MessageCreate, MessageRead, MessageType
 from app.api.subscriptions import checked_url
 from app.core import errors
@@ -32,14 +40,19 @@ from app.gateway.sends import (
     pending_numbers,
     record_send,
 )
-from app.state import GatewayDep, SessionDep, SettingsDep
+from app.state import GatewayDep, SessionDep, SettingsDep, get_state
 
 log = logging.getLogger("mboxii_dlr.messages")
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
 BatchPath = Annotated[
-    str, Path(description="The gateway's ID of the send", examples=["123456"], max_length=64)
+    str,
+    Path(
+        description="The gateway's ID of the send",
+        examples=["123456"],
+        json_schema_extra=pattern(IDENTIFIER_PATTERN),
+    ),
 ]
 TypeQuery = Annotated[
     MessageType | None,
@@ -63,6 +76,29 @@ def api_error(exc: GatewayError) -> errors.ApiError:
     if isinstance(exc, UnreadableAnswer):
         return errors.GatewayBadAnswer(exc.message, **common)
     return errors.GatewayUnreachable(exc.message, **common)
+
+
+def spend_budget(request: Request, count: int) -> None:
+    """Take `count` messages from the caller's key's budget, or refuse with 429 (or 422 for
+    a send larger than a whole minute's budget, which could never pass)."""
+    budget: SendBudget = get_state(request).send_budget
+    if count > budget.rate:
+        raise errors.InvalidParameters(
+            errors=[
+                {
+                    "field": "numbers",
+                    "message": f"more numbers than DLR_SEND_RATE allows per minute ({budget.rate})",
+                }
+            ]
+        )
+    key = request.scope.get("state", {}).get("api_key") or "open"
+    wait = budget.take(key, count)
+    if wait is not None:
+        log.warning("send refused: key %s is over its budget of %d a minute", key, budget.rate)
+        raise errors.TooManyRequests(
+            f"this key may send {budget.rate} messages a minute; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 async def message_view(session: AsyncSession, send: Send) -> dict[str, Any]:
@@ -90,10 +126,12 @@ async def message_view(session: AsyncSession, send: Send) -> dict[str, Any]:
     status_code=201,
     response_model=MessageRead,
     summary="Send a message now, or schedule it",
-    responses={**error_responses(401, 422, 503), **GATEWAY_RESPONSES},
+    dependencies=[Depends(require_send_key)],
+    responses={**error_responses(400, 401, 403, 422, 429, 503), **GATEWAY_RESPONSES},
 )
 async def create_message(
     body: MessageCreate,
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -101,13 +139,14 @@ async def create_message(
 ) -> dict[str, Any]:
     """Check the message against the gateway's rules, send or schedule it, and record it."""
     now = dt.datetime.now(dt.UTC)
+    send_at = parse_instant("send_at", body.send_at, settings.zone)
     try:
         message = prepare_message(
             body.numbers,
             body.text,
             zone=settings.zone,
             now=now,
-            send_at=body.send_at,
+            send_at=send_at,
             language=body.language,
         )
     except InvalidMessage as exc:
@@ -120,6 +159,7 @@ async def create_message(
                 "needs DLR_STATUS_CALLBACK_SECRET (a whsec_ secret) to sign its events",
             )
         status_callback = await checked_url(settings, body.status_callback, "status_callback")
+    spend_budget(request, len(message.numbers))
     try:
         result = await client.send(message, settings.callback_url)
     except GatewayError as exc:
@@ -171,6 +211,7 @@ async def create_message(
 @router.get(
     "/messages/{batch_id}",
     response_model=MessageRead,
+    operation_id="read_message",
     summary="One send",
     responses=error_responses(401, 404, 409, 422),
 )
@@ -178,19 +219,23 @@ async def read_message(
     session: SessionDep, batch_id: BatchPath, type: TypeQuery = None
 ) -> dict[str, Any]:
     """Show a recorded send and how many of its numbers still wait for a final report."""
+    check_identifier("batch_id", batch_id)
     return await message_view(session, await get_send(session, batch_id, type))
 
 
 @router.delete(
     "/messages/{batch_id}",
     response_model=MessageRead,
+    operation_id="cancel_message",
     summary="Cancel a scheduled send",
-    responses={**error_responses(401, 404, 409, 422), **GATEWAY_RESPONSES},
+    dependencies=[Depends(require_send_key)],
+    responses={**error_responses(401, 403, 404, 409, 422), **GATEWAY_RESPONSES},
 )
 async def cancel_message(
     session: SessionDep, client: GatewayDep, batch_id: BatchPath, type: TypeQuery = None
 ) -> dict[str, Any]:
     """Cancel a scheduled send at the gateway (SendTimeSMS D=Y) before it goes out."""
+    check_identifier("batch_id", batch_id)
     sends = await find_sends(session, batch_id, type)
     if not sends:
         raise errors.NotFound(f"no recorded send with ID {batch_id!r}")

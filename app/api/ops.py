@@ -8,11 +8,14 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.errors import error_responses
 from app.api.schemas import HealthRead, ReadyRead
 from app.db.migrate import current_revision, head_revision
 from app.state import StateDep
 
 router = APIRouter(tags=["operations"])
+# Mounted behind the API keys unless DLR_METRICS_PUBLIC (the volumes are business figures).
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=HealthRead, summary="Liveness")
@@ -50,11 +53,14 @@ async def get_readiness(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get(
+@metrics_router.get(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        **error_responses(401),
+    },
 )
 async def get_metrics(state: StateDep) -> Response:
     """Expose the service's metrics in the Prometheus text format."""

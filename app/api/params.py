@@ -1,47 +1,123 @@
-"""Parsing of read-API parameters shared by several routes."""
+"""Parameters of the API: each one's pattern (put in the OpenAPI document as it is checked),
+and the parsing shared by several routes."""
 
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
+import re
+from functools import lru_cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from fastapi import Request
 
 from app.core import mobiles
 from app.core.errors import InvalidParameters
+from app.core.mobiles import INPUT_PATTERN as MOBILE_PATTERN
+
+# Patterns use explicit character classes (never \d, \s or \w) so that the OpenAPI
+# document's readers (ECMA-262, Rust and Python engines) all agree with the server.
+
+# Years 2 to 9998: an instant in any zone stays inside the calendar once written in UTC.
+_YEAR = r"(?:000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])"
+_MONTH_DAY = (
+    r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+    r"|(?:0[13578]|1[02])-31)"
+)
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE = rf"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+_OFFSET = r"(?:Z|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])"
+#: An ISO 8601 date, or date and time with an optional offset (`T` or a space between).
+INSTANT_PATTERN = rf"^{_DATE}(?:[T ]{_TIME}{_OFFSET}?)?$"
+INSTANT_DESCRIPTION = (
+    "ISO 8601: `2026-11-26`, `2026-11-26T08:00`, `2026-11-26T08:00:00+08:00` or with `Z`; "
+    "without an offset it is in the gateway zone"
+)
+#: A message id or batch ID as stored: 1-64 characters, no spaces or control characters.
+IDENTIFIER_PATTERN = r"^[^\x00-\x20\x7f-\x9f]{1,64}$"
+#: A status word: 1-16 letters, digits or underscores, any case.
+STATUS_PATTERN = r"^[A-Za-z0-9_]{1,16}$"
+#: A cursor this service issued: a position and its signature, base64url, dot separated.
+CURSOR_PATTERN = r"^[.]?[A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$"
+CURSOR_MAX_LENGTH = 1024
+#: The schema of a mobile number parameter, as checked.
+MOBILE_SCHEMA = {"pattern": MOBILE_PATTERN, "maxLength": mobiles.MAX_LENGTH}
+
+_INSTANT_RE = re.compile(INSTANT_PATTERN)
+_IDENTIFIER_RE = re.compile(IDENTIFIER_PATTERN)
+_STATUS_RE = re.compile(STATUS_PATTERN)
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
 
 
 def invalid(field: str, message: str) -> InvalidParameters:
     return InvalidParameters(errors=[{"field": field, "message": message}])
 
 
+def pattern(value: str, max_length: int | None = None) -> dict[str, str | int]:
+    """`json_schema_extra` of a parameter checked against the pattern `value` (and a length)."""
+    return {"pattern": value} if max_length is None else {"pattern": value, "maxLength": max_length}
+
+
+def check_identifier(field: str, value: str | None) -> str | None:
+    """A msgid or batch ID parameter as given; 422 unless it is 1-64 characters without
+    spaces or control characters (no stored identifier has them)."""
+    if value is not None and not _IDENTIFIER_RE.fullmatch(value):
+        raise invalid(field, "must be 1-64 characters without spaces or control characters")
+    return value
+
+
+def check_status(value: str) -> str:
+    """A status word, upper case; 422 unless it is 1-16 letters, digits or underscores."""
+    if not _STATUS_RE.fullmatch(value):
+        raise invalid("status", "must be 1-16 letters, digits or underscores")
+    return value.upper()
+
+
+def check_cursor(value: str | None) -> str | None:
+    """A cursor's shape (its signature is checked where it is read)."""
+    if value is not None and (len(value) > CURSOR_MAX_LENGTH or not _CURSOR_RE.fullmatch(value)):
+        raise invalid("cursor", "is not a cursor this service issued")
+    return value
+
+
 def parse_instant(field: str, value: str | None, zone: ZoneInfo) -> dt.datetime | None:
     """An ISO 8601 parameter as an aware UTC instant; without an offset it is in `zone`."""
     if value is None:
         return None
-    try:
-        when = dt.datetime.fromisoformat(value.strip().replace(" ", "T", 1))
-    except ValueError:
-        raise invalid(field, "must be an ISO 8601 time, e.g. 2026-11-26T08:00:00+08:00") from None
+    if not _INSTANT_RE.fullmatch(value):
+        raise invalid(
+            field,
+            "must be an ISO 8601 time in the years 2 to 9998, e.g. 2026-11-26T08:00:00+08:00",
+        )
+    when = dt.datetime.fromisoformat(value.replace(" ", "T", 1))
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
-    try:
-        return when.astimezone(dt.UTC)
-    except OverflowError:  # year 1 or 9999 pushed past the calendar by the zone offset
-        raise invalid(field, "lies outside the years 1 to 9999") from None
+    return when.astimezone(dt.UTC)
 
 
 def parse_mobile(value: str | None, field: str = "mobile") -> str | None:
     """A number in any accepted form as E.164 (422 when it is not a Taiwan mobile)."""
     if value is None:
         return None
-    value = value.strip()
     if len(value) > mobiles.MAX_LENGTH:
         raise invalid(field, mobiles.TOO_LONG)
-    mobile = mobiles.normalize_mobile(value)
+    mobile = mobiles.from_input(value)
     if mobile is None:
         raise invalid(field, "not a Taiwan mobile number (e.g. 0912345678 or +886912345678)")
     return mobile
+
+
+@lru_cache(maxsize=1)
+def zone_names() -> list[str]:
+    """Every IANA zone name this machine knows (the `tz` parameter's enumeration)."""
+    return sorted(available_timezones())
+
+
+def parse_zone(name: str, field: str = "tz") -> ZoneInfo:
+    """An IANA zone by name; 422 when there is no such zone."""
+    if name not in zone_names():
+        raise invalid(field, "unknown IANA time zone (e.g. Asia/Taipei)")
+    return ZoneInfo(name)
 
 
 def reject_nul(request: Request) -> None:

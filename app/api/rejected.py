@@ -9,9 +9,10 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 
 from app.api.errors import error_responses
-from app.api.params import invalid
+from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
 from app.core.errors import InvalidCallback, NotFound, Unavailable
+from app.db.engine import MAX_ROW_ID
 from app.db.models import Delivery, Rejected
 from app.ingest.errors import IngestUnavailable
 from app.ingest.quarantine import list_rejected, replay
@@ -19,8 +20,6 @@ from app.read.cursors import cursor_key, decode_cursor, encode_cursor
 from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["quarantine"])
-
-MAX_ID = 2**63 - 1
 
 
 def rejected_item(row: Rejected) -> dict[str, Any]:
@@ -60,7 +59,11 @@ async def list_quarantine(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
     cursor: Annotated[
-        str | None, Query(description="`next_cursor` of the previous page, with the same filters")
+        str | None,
+        Query(
+            description="`next_cursor` of the previous page, with the same filters",
+            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+        ),
     ] = None,
 ) -> dict[str, Any]:
     """List quarantined callback requests, newest first."""
@@ -68,6 +71,7 @@ async def list_quarantine(
     filters = {"list": "rejected", "reason": reason}
     before_id = None
     if cursor is not None:
+        check_cursor(cursor)
         position = decode_cursor(key, cursor, filters)
         if len(position) != 1 or type(position[0]) is not int:
             raise invalid("cursor", "is not a cursor of this list")
@@ -81,6 +85,7 @@ async def list_quarantine(
 @router.post(
     "/rejected/{id}/replay",
     response_model=DeliveryRead,
+    operation_id="replay_rejected",
     summary="Replay a quarantined callback request",
     description="Validates the stored request again under the current settings, as of its "
     "original receipt time. When it passes, the report is stored through the callback's "
@@ -94,7 +99,9 @@ async def list_quarantine(
 async def replay_rejected(
     state: StateDep,
     session: SessionDep,
-    id: Annotated[int, Path(ge=1, le=MAX_ID, description="The quarantine row's id", examples=[17])],
+    id: Annotated[
+        int, Path(ge=1, le=MAX_ROW_ID, description="The quarantine row's id", examples=[17])
+    ],
 ) -> DeliveryRead:
     """Validate a quarantined request again and store its report when it now passes."""
     row = await session.get(Rejected, id)

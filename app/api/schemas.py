@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.config import JsonDict
 
+from app.api.params import INSTANT_PATTERN, MOBILE_SCHEMA
+from app.gateway.rules import MAX_NUMBERS, TEXT_PATTERN
+
 Outcome = Literal["delivered", "failed", "pending"]
 MessageType = Literal["now", "scheduled"]
 
@@ -315,28 +318,32 @@ Language = Literal["english", "chinese"]
 class MessageCreate(BaseModel):
     """A message to send now, or at `send_at`, through the gateway."""
 
+    # The constraints are checked by the gateway rules (app.gateway.rules), which name every
+    # problem at once; here they are only written into the OpenAPI document.
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "example": {
-                "numbers": ["0912345678", "+886922161529"],
-                "text": "Your code is 123456",
-                "send_at": "2026-11-26T15:30:00+08:00",
-            }
+            "example": {"numbers": ["0912345678", "+886922161529"], "text": "Your code is 123456"}
         },
     )
 
-    numbers: list[str] = Field(
-        description="1-80 Taiwan mobile numbers in any accepted form, each at most once"
+    numbers: list[Annotated[str, Field(json_schema_extra=dict(MOBILE_SCHEMA))]] = Field(
+        description="1-80 Taiwan mobile numbers in any accepted form (`0912345678`, "
+        "`+886912345678`, `886912345678`, `912345678`, with spaces, dots or dashes), "
+        "each number at most once whatever its spelling",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_NUMBERS, "uniqueItems": True},
     )
     text: str = Field(
-        description="English (ASCII only): 140 characters now, 160 scheduled; "
-        "Chinese: 70 characters"
+        description="English (ASCII only): 140 characters now, 160 scheduled; Chinese: 70 "
+        "characters. No control characters but line breaks; not only whitespace",
+        json_schema_extra={"minLength": 1, "maxLength": 160, "pattern": TEXT_PATTERN},
     )
-    send_at: str | None = Field(
+    send_at: Annotated[str, Field(json_schema_extra={"pattern": INSTANT_PATTERN})] | None = Field(
         default=None,
-        description="ISO 8601; schedules the send. On a 5-minute step in the gateway zone, in "
-        "the future; without an offset it is in the gateway zone",
+        description="Schedules the send. ISO 8601 (`YYYY-MM-DDTHH:MM[:SS][offset]`; without an "
+        "offset it is in the gateway zone), in the future but at most ten years ahead, on a "
+        "5-minute step of the gateway zone with no seconds: for example tomorrow at 09:00 in "
+        "Taipei is `<tomorrow's date>T09:00:00+08:00`",
     )
     language: Language | None = Field(
         default=None, description="Default: english for ASCII-only text, else chinese"

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Path, Query
 
 from app.api.errors import error_responses
-from app.api.params import invalid, parse_instant
+from app.api.params import (
+    IDENTIFIER_PATTERN,
+    INSTANT_DESCRIPTION,
+    INSTANT_PATTERN,
+    check_identifier,
+    invalid,
+    parse_instant,
+    parse_zone,
+    pattern,
+    zone_names,
+)
 from app.api.schemas import BatchRead, MessageType, StatsRead
 from app.core.errors import NotFound
 from app.read.aggregates import batch_summary, delivery_stats
@@ -45,23 +54,21 @@ TypeQuery = Annotated[
 async def read_batch(
     session: SessionDep,
     batch_id: Annotated[
-        str, Path(description="The ID the gateway returned for the send", examples=["123456"])
+        str,
+        Path(
+            description="The ID the gateway returned for the send",
+            examples=["123456"],
+            json_schema_extra=pattern(IDENTIFIER_PATTERN),
+        ),
     ],
     message_type: TypeQuery = None,
 ) -> dict[str, Any]:
     """Count the deliveries named by any report of a batch ID, by their current state."""
+    check_identifier("batch_id", batch_id)
     summary = await batch_summary(session, batch_id, message_type)
     if summary is None:
         raise NotFound(f"no report or recorded send names batch ID {batch_id!r}")
     return summary
-
-
-def parse_zone(name: str) -> ZoneInfo:
-    """An IANA zone by name; 422 when there is no such zone."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise invalid("tz", f"unknown IANA time zone {name!r} (e.g. Asia/Taipei)") from None
 
 
 def stats_range(
@@ -95,16 +102,18 @@ async def read_stats(
         str | None,
         Query(
             alias="from",
-            description="Start, inclusive, ISO 8601; without an offset it is in the gateway "
-            "zone (DLR_GATEWAY_TIMEZONE). Default: 24 hours before `to`",
+            description="Start, inclusive. " + INSTANT_DESCRIPTION + " (DLR_GATEWAY_TIMEZONE). "
+            "Default: 24 hours before `to`",
             examples=["2026-11-26T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
         ),
     ] = None,
     to: Annotated[
         str | None,
         Query(
-            description="End, exclusive, ISO 8601 (same rules as `from`). Default: now",
+            description="End, exclusive (same rules as `from`). Default: now",
             examples=["2026-11-27T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
         ),
     ] = None,
     interval: Annotated[
@@ -117,6 +126,7 @@ async def read_stats(
             description="IANA zone whose local hours or days cut the buckets "
             "(a daylight-saving day is 23 or 25 hours long). Default: the gateway zone",
             examples=["Asia/Taipei"],
+            json_schema_extra={"enum": zone_names()},
         ),
     ] = None,
     message_type: TypeQuery = None,

@@ -54,8 +54,16 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    """A valid key that may not do this (a read-only key sending)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class TooManyRequests(ApiError):
-    """Too many refused API keys from one client; `Retry-After` says how long to wait."""
+    """Too many refused API keys from one client, or a send over its key's budget;
+    `Retry-After` says how long to wait."""
 
     status_code = 429
     code = "too_many_requests"

@@ -11,7 +11,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from app.ingest.parse import KNOWN_WORDS, classify
+from app.core.statuses import KNOWN_WORDS, classify
 
 # Every label value the service can produce, so each series exists (at 0) from the start:
 # dashboards and rate() then see a flat line instead of "no data".

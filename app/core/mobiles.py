@@ -23,6 +23,23 @@ _STRIP = str.maketrans("", "", " .-")
 IN_TEXT_RE = re.compile(r"(?<![0-9])(?:\+?886[ .\-]?0?|0)?9(?:[ .\-]?\d){8}(?![0-9])")
 
 
+_SEP = "[ .-]*"
+#: A number as a client types it (a query parameter, a number of /v1/messages): every
+#: spelling normalize_mobile accepts (0912345678, +886912345678, 886912345678, 912345678,
+#: +8860912345678, spaces, dots or dashes between the digits), and leading spaces (a `+` in a
+#: query string arrives as one); at most MAX_LENGTH characters in all. Explicit character
+#: classes, so that every regex engine reading the OpenAPI document agrees.
+INPUT_PATTERN = rf"^ *(?:\+?8{_SEP}8{_SEP}6{_SEP}(?:0{_SEP})?|0{_SEP})?9(?:{_SEP}[0-9]){{8}}{_SEP}$"
+_INPUT_RE = re.compile(INPUT_PATTERN)
+
+
+def from_input(value: str) -> str | None:
+    """A number as a client typed it (INPUT_PATTERN, MAX_LENGTH) as E.164, or None."""
+    if len(value) > MAX_LENGTH or not _INPUT_RE.fullmatch(value):
+        return None
+    return normalize_mobile(value.strip(" "))
+
+
 def normalize_mobile(value: str) -> str | None:
     """A Taiwan mobile number in any accepted form as E.164 (`+886912345678`), or None
     (also for anything longer than MAX_LENGTH)."""

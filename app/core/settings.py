@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16384, ge=64, le=10 * 1024 * 1024)
 
     api_keys: SecretList = Field(default_factory=list)
+    # Keys that may also send and cancel SMS (POST/DELETE /v1/messages); they read too.
+    send_api_keys: SecretList = Field(default_factory=list)
+    # Messages (one per number) each key may hand to the gateway per minute.
+    send_rate: int = Field(default=60, ge=1, le=100_000)
+    # /metrics without a key; unset: open in development, behind the API keys in production.
+    metrics_public: bool | None = None
     cors_origins: CommaList = Field(default_factory=list)
     cursor_secret: SecretStr = SecretStr("")
 
@@ -126,11 +132,15 @@ class Settings(BaseSettings):
     access_log: bool = True
     access_log_callbacks: bool = False
 
-    host: str = "0.0.0.0"  # noqa: S104 - a server inside a container listens on all interfaces
+    # Loopback for `make run`; the container image sets DLR_HOST=0.0.0.0.
+    host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     limit_concurrency: int = Field(default=2000, ge=10)
     shutdown_timeout_seconds: int = Field(default=30, ge=1, le=600)
+    # A connection must deliver its request line and headers, and each piece of its body,
+    # within this time, or it is closed (uvicorn alone would wait for ever).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     migrate_on_start: bool = False
 
     retention_days: int | None = Field(default=None, ge=1, le=36500)
@@ -152,7 +162,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("callback_tokens", "api_keys", "cors_origins", mode="before")
+    @field_validator("metrics_public", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("callback_tokens", "api_keys", "send_api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         return _split_commas(value)
@@ -279,7 +294,7 @@ class Settings(BaseSettings):
             name
             for name, value in (
                 ("DLR_CALLBACK_TOKENS", self.callback_tokens),
-                ("DLR_API_KEYS", self.api_keys),
+                ("DLR_API_KEYS", self.read_keys),
             )
             if not value
         ]
@@ -322,11 +337,12 @@ class Settings(BaseSettings):
             )
         if not has_cid:
             return self
-        if not self.api_keys:
+        if not self.send_api_keys:
             raise ValueError(
                 "a configured MboxII account (DLR_MBOXII_CID) refuses to start without "
-                "DLR_API_KEYS: POST /v1/messages would let anyone send SMS on your account. "
-                f"Set DLR_API_KEYS to a long random secret (for example {GENERATE_HINT})"
+                "DLR_SEND_API_KEYS, the keys allowed to send SMS on your account through "
+                "POST /v1/messages. Set it to a long random secret (for example "
+                f"{GENERATE_HINT})"
             )
         if not self.public_url:
             raise ValueError(
@@ -351,6 +367,19 @@ class Settings(BaseSettings):
         return f"{base}/{self.callback_tokens[0].get_secret_value()}"
 
     @property
+    def read_keys(self) -> list[SecretStr]:
+        """Every key that may read /v1 (and log in to the dashboard): read and send keys.
+        When there is none, /v1 is open."""
+        return [*self.api_keys, *self.send_api_keys]
+
+    @property
+    def metrics_open(self) -> bool:
+        """Whether /metrics answers without a key (DLR_METRICS_PUBLIC, else development only)."""
+        if self.metrics_public is not None:
+            return self.metrics_public
+        return self.env != "production"
+
+    @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.gateway_timezone)
 
@@ -359,6 +388,7 @@ class Settings(BaseSettings):
         return [
             ("DLR_CALLBACK_TOKENS", [t.get_secret_value() for t in self.callback_tokens]),
             ("DLR_API_KEYS", [k.get_secret_value() for k in self.api_keys]),
+            ("DLR_SEND_API_KEYS", [k.get_secret_value() for k in self.send_api_keys]),
             ("DLR_CURSOR_SECRET", [self.cursor_secret.get_secret_value()]),
             ("DLR_MBOXII_CPW", [self.mboxii_cpw.get_secret_value()]),
             ("DLR_STATUS_CALLBACK_SECRET", [self.status_callback_secret.get_secret_value()]),

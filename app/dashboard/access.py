@@ -67,7 +67,7 @@ def safe_next(target: object) -> str:
 async def show_login(request: Request, next: str = "/dashboard") -> Response:
     """Show the login form (or go on when no key is needed or the session is valid)."""
     settings = settings_of(request)
-    if not settings.api_keys or await current_session(request) is not None:
+    if not settings.read_keys or await current_session(request) is not None:
         return redirect(safe_next(next))
     return page(request, "login.html", {"next": safe_next(next), "failed": False})
 
@@ -78,7 +78,7 @@ async def log_in(request: Request) -> Response:
     settings = settings_of(request)
     form = await request.form()
     target = safe_next(form.get("next"))
-    if not settings.api_keys:
+    if not settings.read_keys:
         return redirect(target)
     if not same_origin(request):
         raise PageError(403, "Form refused", "This login form was sent from another site.")
@@ -97,7 +97,7 @@ async def log_in(request: Request) -> Response:
         locked.headers["Retry-After"] = str(wait)
         return locked
     given = form.get("key")
-    key = matching_key(given, settings.api_keys) if isinstance(given, str) and given else None
+    key = matching_key(given, settings.read_keys) if isinstance(given, str) and given else None
     if key is None:
         await throttle.failed(client, "login")
         log.warning("dashboard: login refused from %s (wrong API key)", client)

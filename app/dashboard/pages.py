@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -62,8 +63,21 @@ class DashboardRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
+            if has_nul(request):
+                # No stored value holds one, and PostgreSQL refuses it in any comparison.
+                return error_page(request, 404, "Not found", "No page has this address.")
             try:
                 return await handler(request)
+            except RequestValidationError as exc:
+                names = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
+                return error_page(
+                    request,
+                    422,
+                    "Not a valid address",
+                    "This address has a value the dashboard cannot use"
+                    + (f" ({', '.join(names)})" if names else "")
+                    + ". Go back to the dashboard and follow its links.",
+                )
             except LoginRequired:
                 if "/fragments/" in request.url.path:
                     # the page's script reloads the page, which then leads to the login
@@ -84,6 +98,13 @@ class DashboardRoute(APIRoute):
                 )
 
         return guarded
+
+
+def has_nul(request: Request) -> bool:
+    """Whether a NUL character is anywhere in the path or the query parameters."""
+    return "\x00" in request.url.path or any(
+        "\x00" in name or "\x00" in value for name, value in request.query_params.multi_items()
+    )
 
 
 async def viewer(request: Request) -> Session:
@@ -137,7 +158,7 @@ def page(
         {
             "request_path": request.url.path,
             "session": session,
-            "keys_required": bool(settings.api_keys),
+            "keys_required": bool(settings.read_keys),
             "zone_name": settings.gateway_timezone,
             "local": lambda value: local_time(value, zone),
             "delivery_url": delivery_url,

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import Query, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.mobiles import national, normalize_mobile
 from app.core.settings import Settings
+from app.core.statuses import DELIVERED_WORDS, FAILED_WORDS, NON_FINAL_WORDS
 from app.dashboard import data
 from app.dashboard.charts import build_chart
 from app.dashboard.pages import (
@@ -26,16 +27,11 @@ from app.dashboard.pages import (
     settings_of,
 )
 from app.dashboard.views import delivery_ref
+from app.db.engine import MAX_ROW_ID
 from app.db.models import Event, Rejected
 from app.events import subscriptions as events_service
-from app.ingest.errors import IngestUnavailable
-from app.ingest.parse import (
-    DELIVERED_WORDS,
-    FAILED_WORDS,
-    NON_FINAL_WORDS,
-    CallbackRejected,
-    parse_callback,
-)
+from app.ingest.errors import CallbackRejected, IngestUnavailable
+from app.ingest.parse import parse_callback
 from app.ingest.quarantine import list_rejected, replay
 from app.read.aggregates import batch_summary
 from app.read.queries import get_delivery
@@ -44,6 +40,7 @@ from app.state import AppState, SessionDep, StateDep
 log = logging.getLogger("mboxii_dlr.dashboard")
 
 SEARCH_LIMIT = 100
+MAX_IDENTIFIER = 64  # no stored msgid or batch ID is longer
 BATCH_LIMIT = 200
 REJECTED_PAGE = 50
 EVENTS_PAGE = 50
@@ -105,11 +102,10 @@ async def show_dashboard(
     state: StateDep,
     session: SessionDep,
     viewer: Viewer,
-    refresh: int = DEFAULT_REFRESH,
+    refresh: Annotated[int, Query(ge=2, le=3600)] = DEFAULT_REFRESH,
 ) -> HTMLResponse:
     """The overview: rates and volumes over time, status words, failures, quarantine."""
     context = await figures_context(state, session)
-    refresh = min(max(refresh, 2), 3600)  # seconds between updates of the figures
     return page(request, "overview.html", {**context, "refresh": refresh}, viewer)
 
 
@@ -164,11 +160,13 @@ async def show_delivery(
     session: SessionDep,
     viewer: Viewer,
     msgid: str,
-    ref: str | None = None,
+    ref: Annotated[str | None, Query(max_length=64)] = None,
     reveal: bool = False,
 ) -> HTMLResponse:
     """One delivery: its current state and its history of reports; the number masked."""
     settings = settings_of(request)
+    if len(msgid) > MAX_IDENTIFIER:
+        raise PageError(404, "No such delivery", "No delivery has this msgid.")
     rows = await data.deliveries_with_msgid(session, msgid, SEARCH_LIMIT + 1)
     if ref is not None:
         rows = [d for d in rows if delivery_ref(settings, d.mobile) == ref]
@@ -204,6 +202,8 @@ async def show_batch(
     request: Request, session: SessionDep, viewer: Viewer, batch_id: str
 ) -> HTMLResponse:
     """One send (batch ID): its counts by outcome and status word, and its deliveries."""
+    if len(batch_id) > MAX_IDENTIFIER:
+        raise PageError(404, "No such batch", "No report names this batch ID.")
     summary = await batch_summary(session, batch_id)
     if summary is None:
         raise PageError(404, "No such batch", "No report names this batch ID.")
@@ -244,11 +244,11 @@ async def list_rejected_requests(
     request: Request,
     session: SessionDep,
     viewer: Viewer,
-    before: Annotated[int | None, Query(ge=1)] = None,
-    replayed: Annotated[int | None, Query(ge=1)] = None,
-    result: str | None = None,
-    msgid: str | None = None,
-    ref: str | None = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+    replayed: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+    result: Annotated[str | None, Query(max_length=16)] = None,
+    msgid: Annotated[str | None, Query(max_length=64)] = None,
+    ref: Annotated[str | None, Query(max_length=64)] = None,
 ) -> HTMLResponse:
     """The quarantine, newest first, with a replay button for each request."""
     rows: Sequence[Rejected] = await list_rejected(session, REJECTED_PAGE + 1, before_id=before)
@@ -272,7 +272,11 @@ async def list_rejected_requests(
 
 @router.post("/dashboard/rejected/{id}/replay")
 async def replay_request(
-    request: Request, state: StateDep, session: SessionDep, viewer: Viewer, id: int
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    viewer: Viewer,
+    id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],
 ) -> RedirectResponse:
     """Validate a quarantined request again and store its report when it now passes."""
     await checked_form(request, viewer)

@@ -20,6 +20,7 @@ from app.core.settings import Settings
 from app.db.revoked import is_revoked
 from app.read.cursors import cursor_key
 from app.state import get_state
+from app.web.security import key_id
 
 COOKIE = "dlr_dashboard"
 COOKIE_PATH = "/dashboard"
@@ -28,11 +29,6 @@ OPEN_KEY_ID = "open"  # the sessions of a dashboard without API keys
 _SESSION_SALT = "mboxii-dlr dashboard session"
 _CSRF_SALT = "mboxii-dlr dashboard csrf"
 _MAX_TOKEN = 512
-
-
-def key_id(key: str) -> str:
-    """A short public name of a key: says which key made a session, reveals nothing of it."""
-    return hashlib.sha256(b"mboxii-dlr key id\x00" + key.encode()).hexdigest()[:12]
 
 
 def _key_secret(key: str) -> bytes:
@@ -46,9 +42,9 @@ def _open_secret(settings: Settings) -> bytes:
 
 def _secrets(settings: Settings) -> dict[str, bytes]:
     """Signing secret by key id: one per API key, or the open one when there are no keys."""
-    if not settings.api_keys:
+    if not settings.read_keys:
         return {OPEN_KEY_ID: _open_secret(settings)}
-    keys = (k.get_secret_value() for k in settings.api_keys)
+    keys = (k.get_secret_value() for k in settings.read_keys)
     return {key_id(key): _key_secret(key) for key in keys}
 
 
@@ -130,7 +126,7 @@ async def current_session(request: Request) -> Session | None:
     session = verify(settings, request.cookies.get(COOKIE))
     if session is not None and await is_revoked(state.engine, session.id):
         session = None
-    if session is None and not settings.api_keys:
+    if session is None and not settings.read_keys:
         session = issue(settings, None)
     return session
 

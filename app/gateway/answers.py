@@ -8,30 +8,76 @@ from dataclasses import dataclass
 
 from app.gateway.errors import Interface, UnreadableAnswer, refusal
 
+# Every pattern here runs in linear time on any input: answers come from the network, and a
+# backtracking pattern on a few hundred KiB once held the event loop for most of a minute.
 # Blocks whose text is not the answer (an HTML page's title would otherwise be read as one).
-_HIDDEN_RE = re.compile(r"<(head|title|script|style)\b[^>]*>.*?</\1\s*>", re.I | re.S)
-_TAG_RE = re.compile(r"<[^>]*>")
+_HIDDEN_OPEN_RE = re.compile(r"<(head|title|script|style)\b", re.I)
 _TOKEN_SEP_RE = re.compile(r"[\s,=:;|&]+")
 _CODE_RE = re.compile(r"\d{2}")
 # Words a gateway might put before the code or the ID ("code=00", "ID:12345").
 _LABELS = frozenset({"code", "result", "return", "retcode", "ret", "rtn", "status", "state"})
 _ID_LABELS = frozenset({"id", "msgid", "batch", "batchid", "sid"})
 
-_KEY_SEP = r"\s*[=:,]?\s*"
-_STATUS_RE = re.compile(
-    r"\bSTATUS\b" + _KEY_SEP + r"(?P<mobile>[^,\r\n]+?)\s*,\s*(?P<msgid>[^,\s]*)\s*,"
-    r"\s*(?P<time>[^,\r\n]*?)\s*,\s*(?P<state>[+-]?\d*)\s*,\s*(?P<text>[A-Za-z0-9_]*)",
-    re.I,
+# A key and its value: `KEY=v`, `KEY: v`, `KEY,v`, `KEY v` (one optional separator, so the
+# two runs of spaces around it cannot be traded against each other).
+_KEY_SEP = r"\s*(?:[=:,]\s*)?"
+_STATUS_KEY_RE = re.compile(r"\bSTATUS\b" + _KEY_SEP, re.I)
+# One STATUS entry after its key, matched only within its own segment of the answer: five
+# comma-separated parts (mobile, msgid, time, state, text), no part holding a comma.
+_STATUS_FIELDS_RE = re.compile(
+    r"(?P<mobile>[^,]*),(?P<msgid>[^,]*),(?P<time>[^,]*),(?P<state>[^,]*),\s*"
+    r"(?P<text>[A-Za-z0-9_]*)"
 )
+_STATE_RE = re.compile(r"[+-]?\d*")
 _MSGID_RE = re.compile(r"\bMSGID\b" + _KEY_SEP + r"(?P<value>[^\s,&<>\"']+)", re.I)
 _COUNT_RE = re.compile(r"\b(?P<key>OK|FAIL|WAIT)\b" + _KEY_SEP + r"(?P<value>\d+)", re.I)
 
 
+def _without_hidden_blocks(raw: str) -> str:
+    """`raw` with each head, title, script and style element replaced by a line break."""
+    lower = raw.lower()
+    parts: list[str] = []
+    kept = 0
+    unclosed: set[str] = set()  # names with no closing tag after some point: never look again
+    for opening in _HIDDEN_OPEN_RE.finditer(raw):
+        name = opening[1].lower()
+        if opening.start() < kept or name in unclosed:
+            continue
+        start_end = raw.find(">", opening.end())
+        if start_end < 0:
+            break  # no tag can end after this point
+        close = lower.find("</" + name, start_end)
+        close_end = raw.find(">", close) if close >= 0 else -1
+        if close_end < 0 or raw[close + 2 + len(name) : close_end].strip():
+            unclosed.add(name)
+            continue
+        parts += [raw[kept : opening.start()], "\n"]
+        kept = close_end + 1
+    parts.append(raw[kept:])
+    return "".join(parts)
+
+
+def _without_tags(text: str) -> str:
+    """`text` with every `<...>` replaced by a line break (a `<` never closed stays)."""
+    parts: list[str] = []
+    kept = 0
+    while True:
+        opening = text.find("<", kept)
+        if opening < 0:
+            break
+        closing = text.find(">", opening)
+        if closing < 0:
+            break  # no tag can end after this point
+        parts += [text[kept:opening], "\n"]
+        kept = closing + 1
+    parts.append(text[kept:])
+    return "".join(parts)
+
+
 def clean_text(raw: str) -> str:
     """The answer without HTML markup, entities, a byte-order mark or outer whitespace."""
-    text = _HIDDEN_RE.sub("\n", raw)
     # A tag becomes a line break: `<br>` separates the lines of an HTML answer.
-    text = _TAG_RE.sub("\n", text)
+    text = _without_tags(_without_hidden_blocks(raw))
     return html.unescape(text).replace("\ufeff", "").strip()
 
 
@@ -116,10 +162,42 @@ class CheckResult:
     raw: str
 
 
+def _status_entries(text: str) -> list[CheckStatus]:
+    """Every well-formed STATUS entry, each read only up to the next STATUS key."""
+    keys = list(_STATUS_KEY_RE.finditer(text))
+    entries = []
+    ends = [key.start() for key in keys[1:]] + [len(text)]
+    for key, end in zip(keys, ends[: len(keys)], strict=True):
+        segment = text[key.end() : end]
+        m = _STATUS_FIELDS_RE.match(segment)
+        if m is None:
+            continue
+        mobile, msgid, time, state = (
+            m[name].strip() for name in ("mobile", "msgid", "time", "state")
+        )
+        if (
+            not mobile
+            or any(c in mobile + time for c in "\r\n")
+            or any(c.isspace() for c in msgid)
+            or not _STATE_RE.fullmatch(state)
+        ):
+            continue
+        entries.append(
+            CheckStatus(
+                mobile=mobile,
+                msgid=msgid,
+                time=time,
+                state=int(state) if state.lstrip("+-") else None,
+                text=m["text"].upper(),
+            )
+        )
+    return entries
+
+
 def parse_check_answer(raw: str) -> CheckResult:
     """Read a CheckSMS answer; raise the named error for a return code."""
     text = clean_text(raw)
-    lines = list(_STATUS_RE.finditer(text))
+    lines = _status_entries(text)
     msgid = _MSGID_RE.search(text)
     counts: dict[str, int] = {}
     for m in _COUNT_RE.finditer(text):
@@ -128,21 +206,9 @@ def parse_check_answer(raw: str) -> CheckResult:
     if not (lines or counts) and (msgid is None or re.match(r"\d{2}(?!\d)", text)):
         code, _ = read_code("CheckSMS", raw)
         raise refusal("CheckSMS", code, raw)
-    statuses = []
-    for m in lines:
-        state = m["state"]
-        statuses.append(
-            CheckStatus(
-                mobile=m["mobile"].strip(),
-                msgid=m["msgid"],
-                time=m["time"].strip(),
-                state=int(state) if state.lstrip("+-") else None,
-                text=m["text"].upper(),
-            )
-        )
     return CheckResult(
         batch_id=msgid["value"] if msgid else None,
-        statuses=tuple(statuses),
+        statuses=tuple(lines),
         ok=counts.get("OK"),
         fail=counts.get("FAIL"),
         wait=counts.get("WAIT"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +26,16 @@ from app.gateway.errors import (
     GatewayUnavailable,
     Interface,
     NotSentYet,
+    UnreadableAnswer,
 )
 from app.gateway.rules import OutboundMessage, SendType
 
 log = logging.getLogger("mboxii_dlr.gateway")
 T = TypeVar("T")
+
+#: The longest answer read from the gateway. Real answers are a few dozen bytes (CheckSMS: a
+#: line per number, 80 at most); beyond this the rest is not read at all.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +96,14 @@ class MboxiiClient:
         self.cid = cid
         self._cpw = cpw
         self.zone = zone
+        self.timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
-            headers={"user-agent": f"mboxii-dlr/{__version__}"},
+            # Uncompressed answers: the size cap then bounds memory too.
+            headers={"user-agent": f"mboxii-dlr/{__version__}", "accept-encoding": "identity"},
         )
 
     def __repr__(self) -> str:
@@ -131,8 +139,11 @@ class MboxiiClient:
     async def _post(self, interface: Interface, fields: dict[str, str]) -> str:
         data = {"CID": self.cid, "CPW": self._cpw.get_secret_value(), **fields}
         try:
-            response = await self._http.post(f"{interface}.php", data=data)
-        except httpx.TimeoutException as exc:
+            # One deadline for the whole exchange: httpx's own applies to each read, which a
+            # gateway dribbling bytes would renew for ever.
+            async with asyncio.timeout(self.timeout):
+                status, body, encoding = await self._exchange(interface, data)
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise GatewayTimeout(
                 f"{interface} did not answer in time ({type(exc).__name__})", interface=interface
             ) from None
@@ -140,13 +151,32 @@ class MboxiiClient:
             raise GatewayUnavailable(
                 f"{interface} is unreachable ({type(exc).__name__})", interface=interface
             ) from None
-        raw = self._scrub(response.text)
-        if response.status_code != 200:
+        if body is None:
+            raise UnreadableAnswer(
+                f"{interface} answered more than {MAX_ANSWER_BYTES // 1024} KiB; the rest was "
+                "not read",
+                interface=interface,
+            )
+        raw = self._scrub(body.decode(encoding, errors="replace"))
+        if status != 200:
             raise GatewayUnavailable(
-                f"{interface} answered HTTP {response.status_code}", interface=interface, raw=raw
+                f"{interface} answered HTTP {status}", interface=interface, raw=raw
             )
         log.debug("%s answered %r", interface, raw[:200])
         return raw
+
+    async def _exchange(
+        self, interface: Interface, data: dict[str, str]
+    ) -> tuple[int, bytes | None, str]:
+        """POST and read the answer: its status, its body (None when it passes
+        MAX_ANSWER_BYTES, which stops the reading) and its text encoding."""
+        async with self._http.stream("POST", f"{interface}.php", data=data) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    return response.status_code, None, ""
+            return response.status_code, bytes(body), response.encoding or "utf-8"
 
     async def send(self, message: OutboundMessage, callback_url: str = "") -> SendResult:
         """Send now (SendSMS) or schedule (SendTimeSMS, when `send_at` is set)."""

@@ -26,8 +26,8 @@ from app.gateway import (
     NotSentYet,
 )
 from app.gateway.sends import awaiting_final_report, pending_numbers
-from app.ingest.errors import IngestRefused, IngestUnavailable
-from app.ingest.parse import CallbackRejected, ParsedReport, validate_fields
+from app.ingest.errors import CallbackRejected, IngestRefused, IngestUnavailable
+from app.ingest.parse import ParsedReport, validate_fields
 from app.ingest.writer import Writer
 
 log = logging.getLogger("mboxii_dlr.reconcile")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +23,24 @@ MAX_LENGTH: dict[tuple[Language, SendType], int] = {
     ("chinese", "scheduled"): 70,
 }
 STEP_MINUTES = 5
+#: How far ahead a send may be scheduled (a bound, so that no date arithmetic overflows).
+MAX_AHEAD = dt.timedelta(days=3653)
+MAX_AHEAD_TEXT = "ten years"
+
+# Patterns use explicit character classes so that every regex engine reading the OpenAPI
+# document (ECMA-262, Rust, Python) agrees with the checks here.
+# Control characters (C0 but line breaks, DEL, C1): an SMS has no use for them and
+# PostgreSQL refuses NUL, which would fail the record after the gateway has sent.
+_CONTROL = r"\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f"
+# Whitespace as str.isspace() knows it, beyond the control characters.
+_SPACE = r"\x0a\x0d\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: Message text: no control characters but line breaks, and something besides whitespace.
+TEXT_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+# The two halves of TEXT_PATTERN, each a linear search (the pattern itself backtracks).
+# Lone surrogates too (JSON can escape them): no gateway request can encode one. JSON Schema
+# validators cannot read them at all, so they stay out of TEXT_PATTERN.
+_CONTROL_RE = re.compile(f"[{_CONTROL}\ud800-\udfff]")
+_VISIBLE_RE = re.compile(f"[^{_CONTROL}{_SPACE}]")
 
 
 class InvalidMessage(ValueError):
@@ -107,10 +126,10 @@ def prepare_message(
     normalized: list[str] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(numbers):
-        if isinstance(raw, str) and len(raw.strip()) > mobiles.MAX_LENGTH:
+        if isinstance(raw, str) and len(raw) > mobiles.MAX_LENGTH:
             errors.append({"field": f"numbers.{i}", "message": mobiles.TOO_LONG})
             continue
-        mobile = mobiles.normalize_mobile(raw.strip()) if isinstance(raw, str) else None
+        mobile = mobiles.from_input(raw) if isinstance(raw, str) else None
         if mobile is None:
             errors.append(
                 {
@@ -133,7 +152,7 @@ def prepare_message(
     if send_at is not None:
         try:
             when = parse_send_at(send_at, zone)
-        except ValueError:
+        except (ValueError, OverflowError):
             errors.append(
                 {
                     "field": "send_at",
@@ -154,10 +173,25 @@ def prepare_message(
                 )
             elif when <= now:
                 errors.append({"field": "send_at", "message": "must be in the future"})
+            elif when > now + MAX_AHEAD:
+                errors.append(
+                    {
+                        "field": "send_at",
+                        "message": f"must be at most {MAX_AHEAD_TEXT} ahead",
+                    }
+                )
 
     chosen = choose_language(text, language)
     kind: SendType = "now" if send_at is None else "scheduled"
-    if not text.strip():
+    if _CONTROL_RE.search(text):
+        errors.append(
+            {
+                "field": "text",
+                "message": "must not hold control characters (NUL and the like); "
+                "line breaks are fine",
+            }
+        )
+    elif not _VISIBLE_RE.search(text):
         errors.append({"field": "text", "message": "must not be empty"})
     elif chosen == "english" and not text.isascii():
         errors.append(

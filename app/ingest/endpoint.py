@@ -8,10 +8,11 @@ import logging
 
 from starlette.types import Receive, Scope, Send
 
+from app.core.mobiles import mask_mobile
 from app.core.paths import token_of
 from app.core.settings import Settings
-from app.ingest.errors import IngestRefused, IngestUnavailable
-from app.ingest.parse import CallbackRejected, mask_mobile, parse_callback
+from app.ingest.errors import CallbackRejected, IngestRefused, IngestUnavailable
+from app.ingest.parse import parse_callback
 from app.ingest.quarantine import RawRequest, quarantine
 from app.state import AppState
 from app.web.answers import TEXT_TYPE, refuse, send_answer, send_json

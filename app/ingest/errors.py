@@ -36,3 +36,12 @@ def is_connectivity_error(exc: BaseException) -> bool:
     # Anything else (a socket error, a pool timeout, a driver surprise) counts as an
     # outage: answering 503 makes the gateway retry, which is always safe.
     return not isinstance(exc, StatementError)
+
+
+class CallbackRejected(Exception):
+    """The request cannot become a report; `reason` is one of the quarantine reasons."""
+
+    def __init__(self, reason: str, errors: list[dict[str, str]]) -> None:
+        super().__init__(reason, errors)
+        self.reason = reason
+        self.errors = errors

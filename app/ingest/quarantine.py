@@ -14,8 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.engine import insert_for
 from app.db.models import Rejected
-from app.ingest.errors import IngestRefused, IngestUnavailable, is_connectivity_error
-from app.ingest.parse import CallbackRejected, ParsedReport, parse_callback
+from app.ingest.errors import (
+    CallbackRejected,
+    IngestRefused,
+    IngestUnavailable,
+    is_connectivity_error,
+)
+from app.ingest.parse import ParsedReport, parse_callback
 from app.ingest.writer import Writer
 
 REJECTED = Rejected.__table__

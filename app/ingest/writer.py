@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.metrics import Metrics, status_label
+from app.core.mobiles import mask_mobile
 from app.ingest.errors import IngestRefused, IngestUnavailable, is_connectivity_error
 from app.ingest.fold import Arrival, StoreResult
-from app.ingest.parse import ParsedReport, mask_mobile
+from app.ingest.parse import ParsedReport
 from app.ingest.postgres import PostgresStore
 from app.ingest.sqlite import SqliteStore
 from app.ingest.store import BatchEffect, BatchStore

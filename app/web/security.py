@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,11 @@ def matches_secret(given: str, secrets: Sequence[SecretStr]) -> bool:
     for secret in secrets:
         found |= hmac.compare_digest(given_bytes, secret.get_secret_value().encode("utf-8"))
     return found
+
+
+def key_id(key: str) -> str:
+    """A short public name of a key: says which key did something, reveals nothing of it."""
+    return hashlib.sha256(b"mboxii-dlr key id\x00" + key.encode()).hexdigest()[:12]
 
 
 # The longest address spelling with a port: [ffff:...:255.255.255.255]:65535 (53 characters).
