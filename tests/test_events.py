@@ -493,3 +493,40 @@ async def test_the_dashboard_shows_waiting_and_failed_events_and_retries_one(
         assert 'data-figure="events-failed">0<' in page.text
         missing = await client.post("/dashboard/events/99/retry", data={"csrf": token})
         assert missing.status_code == 404
+
+
+async def test_a_read_key_lists_subscriptions_but_may_not_manage_them(
+    app_factory: Any,
+) -> None:
+    read, send = {"x-api-key": "read-only-key-0123456789"}, {"x-api-key": "send-key-0123456789ab"}
+    async with app_factory(
+        webhook_allow_private=True,
+        api_keys=["read-only-key-0123456789"],
+        send_api_keys=["send-key-0123456789ab"],
+    ) as (_, client):
+        body = {"url": "http://127.0.0.1:9/hook"}
+        r = await client.post("/v1/subscriptions", json=body, headers=read)
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        created = await client.post("/v1/subscriptions", json=body, headers=send)
+        assert created.status_code == 201
+        path = f"/v1/subscriptions/{created.json()['id']}"
+        for headers in (read, send):
+            assert (await client.get("/v1/subscriptions", headers=headers)).status_code == 200
+            assert (await client.get(path, headers=headers)).status_code == 200
+            assert (await client.get("/v1/events", headers=headers)).status_code == 200
+        # Its secret, and any change, need a send key: a subscription hears every delivery.
+        for method, target in (
+            ("GET", path + "/secret"),
+            ("POST", path + "/secret/rotate"),
+            ("PATCH", path),
+            ("DELETE", path),
+        ):
+            r = await client.request(
+                method, target, headers=read, json={} if method == "PATCH" else None
+            )
+            assert r.status_code == 403, (method, target)
+        assert (await client.get(path + "/secret", headers=send)).status_code == 200
+        assert (await client.delete(path, headers=send)).status_code == 204
+        assert (
+            await client.get("/v1/subscriptions", headers={"x-api-key": "no"})
+        ).status_code == 401

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
 from app.api.schemas import Outcome, UtcTime
 
@@ -32,11 +33,11 @@ class SubscriptionFilter(BaseModel):
     outcome: list[Outcome] | None = Field(
         default=None, max_length=3, description="Only deliveries now of these outcomes"
     )
-    status: list[Annotated[str, Field(max_length=16)]] | None = Field(
+    status: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,16}$")]] | None = Field(
         default=None, max_length=50, description="Only deliveries now in these status words"
     )
     batch_id: str | None = Field(
-        default=None, max_length=64, description="Only deliveries of this send's `ID`"
+        default=None, pattern=r"^[!-~]{1,64}$", description="Only deliveries of this send's `ID`"
     )
 
     @field_validator("status")
@@ -90,13 +91,14 @@ class SubscriptionUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(
+    # Absent leaves it; null is refused (the schema does not offer it).
+    url: str | SkipJsonSchema[None] = Field(
         default=None, max_length=2048, description=URL_DESCRIPTION, examples=URL_EXAMPLE
     )
     events: EventList | None = None
     filter: SubscriptionFilter | None = None
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = None
+    enabled: bool | SkipJsonSchema[None] = None
 
 
 SUBSCRIPTION_EXAMPLE: JsonDict = {

@@ -21,7 +21,7 @@ from app.api.event_schemas import (
     SubscriptionRead,
     SubscriptionUpdate,
 )
-from app.api.params import invalid
+from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.core.settings import Settings
 from app.db.models import Event, Subscription
 from app.events import subscriptions as service
@@ -92,8 +92,9 @@ async def checked_url(settings: Settings, url: str, field: str = "url") -> str:
     "/subscriptions",
     status_code=201,
     response_model=SubscriptionCreated,
+    operation_id="create_subscription",
     summary="Subscribe a URL to events",
-    responses=error_responses(401, 422),
+    responses=error_responses(400, 401, 403, 422),
 )
 async def create_subscription(
     body: SubscriptionCreate, settings: SettingsDep, session: SessionDep
@@ -121,7 +122,11 @@ async def list_subscriptions(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
     cursor: Annotated[
-        str | None, Query(max_length=500, description="`next_cursor` of the previous page")
+        str | None,
+        Query(
+            description="`next_cursor` of the previous page, with the same filters",
+            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+        ),
     ] = None,
 ) -> dict[str, Any]:
     """List the subscriptions, oldest first (without their secrets)."""
@@ -129,6 +134,7 @@ async def list_subscriptions(
     filters = {"list": "subscriptions"}
     after = None
     if cursor is not None:
+        check_cursor(cursor)
         position = decode_cursor(key, cursor, filters)
         try:
             at, last_id = position
@@ -146,6 +152,7 @@ async def list_subscriptions(
 @router.get(
     "/subscriptions/{id}",
     response_model=SubscriptionRead,
+    operation_id="read_subscription",
     summary="One subscription",
     responses=error_responses(401, 404, 422),
 )
@@ -157,8 +164,9 @@ async def read_subscription(session: SessionDep, id: SubscriptionPath) -> dict[s
 @router.patch(
     "/subscriptions/{id}",
     response_model=SubscriptionRead,
+    operation_id="update_subscription",
     summary="Change a subscription",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(400, 401, 403, 404, 422),
 )
 async def update_subscription(
     body: SubscriptionUpdate, settings: SettingsDep, session: SessionDep, id: SubscriptionPath
@@ -187,8 +195,9 @@ async def update_subscription(
     "/subscriptions/{id}",
     status_code=204,
     response_class=Response,
+    operation_id="delete_subscription",
     summary="Delete a subscription",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(401, 403, 404, 422),
 )
 async def delete_subscription(session: SessionDep, id: SubscriptionPath) -> Response:
     """Delete a subscription; its undelivered events are dropped."""
@@ -199,8 +208,9 @@ async def delete_subscription(session: SessionDep, id: SubscriptionPath) -> Resp
 @router.get(
     "/subscriptions/{id}/secret",
     response_model=SecretRead,
+    operation_id="read_subscription_secret",
     summary="A subscription's signing secret",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(401, 403, 404, 422),
 )
 async def read_secret(session: SessionDep, id: SubscriptionPath) -> dict[str, str]:
     """Show the secret the events of this subscription are signed with."""
@@ -210,8 +220,9 @@ async def read_secret(session: SessionDep, id: SubscriptionPath) -> dict[str, st
 @router.post(
     "/subscriptions/{id}/secret/rotate",
     response_model=SecretRead,
+    operation_id="rotate_subscription_secret",
     summary="Rotate a subscription's signing secret",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(401, 403, 404, 422),
 )
 async def rotate_secret(session: SessionDep, id: SubscriptionPath) -> dict[str, str]:
     """Make a new secret; for 24 hours the old one signs too (two signatures, space
@@ -236,7 +247,11 @@ async def list_events(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
     cursor: Annotated[
-        str | None, Query(max_length=500, description="`next_cursor` of the previous page")
+        str | None,
+        Query(
+            description="`next_cursor` of the previous page, with the same filters",
+            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+        ),
     ] = None,
 ) -> dict[str, Any]:
     """List events, one item per event and destination, newest first."""
@@ -244,6 +259,7 @@ async def list_events(
     filters = {"list": "events", "status": status, "type": type, "sub": subscription_id}
     before_id = None
     if cursor is not None:
+        check_cursor(cursor)
         position = decode_cursor(key, cursor, filters)
         if len(position) != 1 or not isinstance(position[0], int) or position[0] is True:
             raise invalid("cursor", "is not a cursor of this list")
@@ -265,6 +281,7 @@ async def list_events(
     "/events/{id}/retry",
     status_code=202,
     response_model=EventRead,
+    operation_id="retry_event",
     summary="Send an event again",
     responses=error_responses(401, 404, 422),
 )
