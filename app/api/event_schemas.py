@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
@@ -92,13 +92,13 @@ class SubscriptionUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Absent leaves it; null is refused (the schema does not offer it).
-    url: str | SkipJsonSchema[None] = Field(
-        default=None, max_length=2048, description=URL_DESCRIPTION, examples=URL_EXAMPLE
+    url: Annotated[str, Field(max_length=2048)] | SkipJsonSchema[None] = Field(
+        default=None, description=URL_DESCRIPTION, examples=URL_EXAMPLE
     )
     events: EventList | None = None
     filter: SubscriptionFilter | None = None
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool | SkipJsonSchema[None] = None
+    enabled: Annotated[bool, Strict()] | SkipJsonSchema[None] = None
 
 
 SUBSCRIPTION_EXAMPLE: JsonDict = {
