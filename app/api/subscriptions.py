@@ -23,6 +23,7 @@ from app.api.event_schemas import (
 )
 from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.core.settings import Settings
+from app.db.engine import MAX_ROW_ID
 from app.db.models import Event, Subscription
 from app.events import subscriptions as service
 from app.events.payloads import EVENT_TYPES
@@ -41,7 +42,6 @@ SubscriptionPath = Annotated[
         examples=["sub_5f0c2a9e4b7d1c3a8e6f9b2d"],
     ),
 ]
-MAX_ID = 2**63 - 1
 
 
 def subscription_view(row: Subscription) -> dict[str, Any]:
@@ -288,7 +288,9 @@ async def list_events(
 async def retry_event(
     state: StateDep,
     session: SessionDep,
-    id: Annotated[int, Path(ge=1, le=MAX_ID, description="The event row's id", examples=[4821])],
+    id: Annotated[
+        int, Path(ge=1, le=MAX_ROW_ID, description="The event row's id", examples=[4821])
+    ],
 ) -> dict[str, Any]:
     """Send this event to this destination again now, whatever its status; its attempts
     start over."""

@@ -310,7 +310,7 @@ async def list_outbound_events(
     request: Request,
     session: SessionDep,
     viewer: Viewer,
-    retried: Annotated[int | None, Query(ge=1)] = None,
+    retried: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
 ) -> HTMLResponse:
     """Outbound events still waiting and those that failed, each with a retry button."""
     counts = await data.event_counts(session)
@@ -328,7 +328,11 @@ async def list_outbound_events(
 
 @router.post("/dashboard/events/{id}/retry")
 async def retry_outbound_event(
-    request: Request, state: StateDep, session: SessionDep, viewer: Viewer, id: int
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    viewer: Viewer,
+    id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],
 ) -> RedirectResponse:
     """Send an event to its destination again now; its attempts start over."""
     await checked_form(request, viewer)
