@@ -103,6 +103,43 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_check_numbers(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare every number's summary with a recount from deliveries (--repair rewrites
+    those that differ). Exit 0 when they all agree, 1 when some do not."""
+    from app.core.mobiles import mask_mobile
+    from app.db.engine import create_engine
+    from app.db.numbers import CheckResult, check
+
+    async def run() -> CheckResult:
+        engine = create_engine(settings.database_url, pool_size=2)
+        try:
+            return await check(engine, repair=args.repair)
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(run())
+
+    def some(mobiles: list[str]) -> str:
+        shown = ", ".join(mask_mobile(m) for m in mobiles[:10])
+        return shown + (f" and {len(mobiles) - 10} more" if len(mobiles) > 10 else "")
+
+    if not result.differing:
+        print("check-numbers: every summary equals a recount of its deliveries")
+        return 0
+    print(f"check-numbers: {len(result.differing)} summaries differ: {some(result.differing)}")
+    if not result.repaired:
+        print("run `mboxii-dlr check-numbers --repair` to rewrite them from the deliveries")
+        return 1
+    if result.remaining:
+        print(
+            f"check-numbers: repaired, yet {len(result.remaining)} still differ (changed "
+            f"meanwhile?): {some(result.remaining)}; run it again"
+        )
+        return 1
+    print(f"check-numbers: repaired {len(result.differing)}; every summary now agrees")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -158,6 +195,7 @@ def cmd_simulate_gateway(args: argparse.Namespace, _: Settings | None) -> int:
         first_id=args.first_id,
         seed=args.seed,
         force_codes=dict(args.force_code or []),
+        fail_numbers=frozenset(n for group in args.fail_numbers or [] for n in group),
     )
     print(
         f"MboxII simulator on http://{args.host}:{args.port}/api/ "
@@ -282,6 +320,19 @@ def _delay(value: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _numbers(value: str) -> list[str]:
+    """`0912345678,+886922161529` -> the numbers as the gateway writes them."""
+    from app.core.mobiles import national, normalize_mobile
+
+    numbers = []
+    for part in value.split(","):
+        mobile = normalize_mobile(part.strip())
+        if mobile is None:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a Taiwan mobile number")
+        numbers.append(national(mobile))
+    return numbers
+
+
 def _forced(value: str) -> tuple[str, str]:
     interface, sep, code = value.partition(":")
     interface = interface.removesuffix(".php")
@@ -377,12 +428,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INTERFACE:CODE",
         help="answer every request of INTERFACE with CODE (e.g. SendSMS:30); repeatable",
     )
+    sim.add_argument(
+        "--fail-numbers",
+        type=_numbers,
+        action="append",
+        metavar="N,N,...",
+        help="numbers whose every message fails (UNDELIV, EXPIRED or REJECTD); repeatable",
+    )
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     sim.set_defaults(func=cmd_simulate_gateway, needs_settings=False)
     health = sub.add_parser("healthcheck", help=cmd_healthcheck.__doc__)
     health.add_argument("--port", type=int, help="port of the server (DLR_PORT, default 8000)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     health.set_defaults(func=cmd_healthcheck)
+
+    numbers = sub.add_parser("check-numbers", help=cmd_check_numbers.__doc__)
+    numbers.add_argument(
+        "--repair", action="store_true", help="rewrite the summaries that differ from a recount"
+    )
+    numbers.set_defaults(func=cmd_check_numbers)
 
     replay = sub.add_parser("replay-rejected", help=cmd_replay_rejected.__doc__)
     replay.add_argument(

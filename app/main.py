@@ -17,11 +17,21 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
-from app.api import callbacks, deliveries, messages, ops, rejected, stats, subscriptions
+from app.api import (
+    callbacks,
+    deliveries,
+    messages,
+    numbers,
+    ops,
+    rejected,
+    stats,
+    subscriptions,
+)
 from app.api.auth import ApiKeyMiddleware, require_api_key
 from app.api.budget import SendBudget
 from app.api.errors import install_error_handlers
@@ -34,6 +44,7 @@ from app.core.settings import Settings, get_settings
 from app.dashboard.data import OverviewCache
 from app.db.engine import shown_url
 from app.db.migrate import schema_problem
+from app.db.numbers import suppress_reached
 from app.db.retention import purge_periodically
 from app.db.throttle import KeyThrottle
 from app.events.dispatcher import Dispatcher
@@ -125,6 +136,8 @@ def create_app(
             # Left before the storage: the writer may still commit events for the others.
             stack.push_async_callback(state.dispatcher.stop)
             await report_database(state.engine, settings.database_url)
+            if settings.suppress_after_failures:
+                await suppress_at_start(state.engine, settings.suppress_after_failures, metrics)
             if settings.mboxii_configured:
                 gateway = MboxiiClient.from_settings(
                     settings,
@@ -179,7 +192,7 @@ def create_app(
     keys = [Depends(require_api_key)] if settings.read_keys else []
     app.include_router(ops.metrics_router, dependencies=[] if settings.metrics_open else keys)
     v1 = [*keys, Depends(reject_nul)]
-    for router in (stats.router, rejected.router, subscriptions.router):
+    for router in (stats.router, rejected.router, numbers.router, subscriptions.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
     # The dashboard checks the same keys itself, through a login form and a session cookie.
@@ -274,6 +287,19 @@ async def report_database(engine: AsyncEngine, database_url: str) -> None:
             "database %s: %s; serving anyway, /readyz answers 503 until this is fixed",
             shown_url(database_url),
             problem,
+        )
+
+
+async def suppress_at_start(engine: AsyncEngine, threshold: int, metrics: Metrics) -> None:
+    """Apply DLR_SUPPRESS_AFTER_FAILURES to the streaks stored before it was set or lowered
+    (the write path applies it as streaks grow)."""
+    try:
+        await suppress_reached(engine, threshold, metrics)
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning(
+            "could not look for numbers whose failure streak already reached "
+            "DLR_SUPPRESS_AFTER_FAILURES (%s); each is suppressed at its next failure",
+            exc.__class__.__name__,
         )
 
 

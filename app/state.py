@@ -20,6 +20,7 @@ from app.events.dispatcher import Dispatcher
 from app.events.outbox import EventOutbox
 from app.gateway.client import MboxiiClient
 from app.gateway.reconcile import Reconciler
+from app.ingest.numbers import NumberSummaries
 from app.ingest.writer import Writer
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ async def open_storage(
             ),
             queue_size=settings.ingest_queue_size,
             timeout=settings.ingest_timeout_seconds,
-            effects=[outbox],
+            effects=[NumberSummaries(metrics, settings.suppress_after_failures), outbox],
         )
         writer.start()
         try:

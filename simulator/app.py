@@ -57,6 +57,8 @@ class SimulatorConfig:
     callback_timeout: float = 5.0
     #: interface -> return code to answer every request with (to try error handling)
     force_codes: dict[str, str] = field(default_factory=dict)
+    #: numbers (as the gateway writes them, 0912345678) whose every message fails
+    fail_numbers: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -214,6 +216,10 @@ class GatewaySimulator:
             status, code = ("DELIVRD", 1)
             if self.random.random() < cfg.fail_rate:
                 status, code = self.random.choice(_FAILURES)
+            elif mobile in cfg.fail_numbers:
+                # No draw here, so a seed gives every other message the fate it gives it
+                # without fail_numbers.
+                status, code = _FAILURES[0]
             messages.append(
                 SimMessage(
                     mobile=mobile,
@@ -503,6 +509,7 @@ def describe(config: SimulatorConfig) -> dict[str, Any]:
         "accounts": "any" if config.accounts is None else sorted(config.accounts),
         "delay": config.delay,
         "fail_rate": config.fail_rate,
+        "fail_numbers": len(config.fail_numbers),
         "drop_rate": config.drop_rate,
         "duplicate_rate": config.duplicate_rate,
         "reorder_rate": config.reorder_rate,

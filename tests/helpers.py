@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.db.engine import create_engine
 from app.db.models import Delivery, Rejected, Report
+from app.db.numbers import mismatches
 
 
 @dataclass
@@ -171,8 +172,8 @@ def table_counts(database_url: str) -> dict[str, int]:
 
 
 def consistency_problems(database_url: str) -> list[Any]:
-    """Reports without their delivery, deliveries with a wrong report count, or a stats
-    rollup that disagrees with the deliveries."""
+    """Reports without their delivery, deliveries with a wrong report count, a stats rollup
+    that disagrees with the deliveries, or numbers whose summary differs from a recount."""
     orphans = text(
         "SELECT r.msgid, r.mobile FROM reports r LEFT JOIN deliveries d "
         "ON d.msgid = r.msgid AND d.mobile = r.mobile WHERE d.msgid IS NULL"
@@ -191,6 +192,7 @@ def consistency_problems(database_url: str) -> list[Any]:
     problems = asyncio.run(_query(database_url, orphans))
     problems += asyncio.run(_query(database_url, miscounted))
     problems += [row for row in asyncio.run(_query(database_url, rollup)) if row[0] != row[1]]
+    problems += asyncio.run(_query(database_url, mismatches()))
     return problems
 
 

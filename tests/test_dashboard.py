@@ -178,14 +178,20 @@ async def test_static_files_are_served_from_the_package(client: httpx.AsyncClien
         assert (await client.get(f"/dashboard/static/{missing}")).status_code == 404
 
 
-async def test_search_leads_to_the_delivery_batch_or_list(client: httpx.AsyncClient) -> None:
+async def test_search_leads_to_the_number_delivery_batch_or_list(
+    client: httpx.AsyncClient,
+) -> None:
     await seed(client)
     for spelling in ("+886 922-161-529", "886922161529", "922161529", "0922.161.529"):
         r = await client.get("/dashboard/search", params={"q": spelling})
         assert r.status_code == 303, spelling
-        assert r.headers["location"].startswith("/dashboard/deliveries/d1?ref=")
+        assert r.headers["location"].startswith("/dashboard/numbers/0922***529?ref=")
         assert "922161529" not in r.headers["location"]
-    page = await client.get(r.headers["location"])
+    number = await client.get(r.headers["location"])
+    assert '<h1>Number <span class="number">0922***529</span></h1>' in number.text
+    assert_masked(number.text)
+    (delivery,) = re.findall(r'href="(/dashboard/deliveries/d1\?ref=[^"]+)"', number.text)
+    page = await client.get(delivery.replace("&amp;", "&"))
     assert page.status_code == 200
     assert "<h1>Delivery d1</h1>" in page.text
     assert page.text.count("<tr>\n      <td><time") == 2  # two reports in the history
@@ -206,11 +212,19 @@ async def test_search_leads_to_the_delivery_batch_or_list(client: httpx.AsyncCli
         assert figure(html, f"status-{word}") == str(count)
     assert_masked(html)
 
-    # a number with two deliveries: a list, which may show the number that was typed
+    # a number with two deliveries: its page lists them
     r = await client.get("/dashboard/search", params={"q": "+886911222333"})
+    number = await client.get(r.headers["location"])
+    assert "/dashboard/deliveries/d2?ref=" in number.text
+    assert "/dashboard/deliveries/d3?ref=" in number.text
+    # a number that is also a msgid: a list, which may show the number that was typed,
+    # with a link to the number's page
+    extra = report(ID="B7", msgid="0911222333", mobile="0955666777", donetime=taipei_ago(5))
+    assert (await client.post(CB, data=extra)).status_code == 200
+    r = await client.get("/dashboard/search", params={"q": "0911222333"})
     assert r.status_code == 200
     assert "Deliveries to 0911222333" in r.text
-    assert "/dashboard/deliveries/d2?ref=" in r.text and "/dashboard/deliveries/d3?ref=" in r.text
+    assert "/dashboard/numbers/0911***333?ref=" in r.text
 
     r = await client.get("/dashboard/search", params={"q": "0900000000"})
     assert r.status_code == 404

@@ -157,10 +157,14 @@ def test_overview_search_and_live_refresh(
     assert page.locator("#hours-table tbody tr").count() == 24
     assert_masked(page)
 
-    # search a number written another way, by keyboard: its delivery with the history
+    # search a number written another way, by keyboard: its page, then its delivery with
+    # the history
     search = page.get_by_label("Number, msgid or batch ID")
     search.fill("+886 922-161-529")
     search.press("Enter")
+    page.get_by_role("heading", name="Number 0922***529").wait_for()
+    assert_masked(page)
+    page.get_by_role("link", name="d1").click()
     page.get_by_role("heading", name="Delivery d1").wait_for()
     assert page.locator("table.history tbody tr").count() == 2
     assert page.locator("[data-number]").inner_text() == "0922***529"
@@ -261,3 +265,57 @@ def test_login_and_logout_with_api_keys(
     page.get_by_role("heading", name="Log in").wait_for()
     page.goto(server.url + "/dashboard")
     assert "/dashboard/login" in page.url
+
+
+def test_numbers_that_keep_failing_suppressed_and_lifted(
+    live_server: Callable[..., LiveServer], browser: Any
+) -> None:
+    server = live_server(DLR_SUPPRESS_AFTER_FAILURES="3")
+    seed_over_http(server)
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(3):
+            fields = report(
+                ID="B8",
+                msgid=f"nf{i}",
+                mobile="0933111222",
+                statuscode="0",
+                statusstr="UNDELIV",
+                donetime=taipei_ago(15 - i),
+            )
+            assert client.post("/callbacks/mboxii", data=fields).status_code == 200
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url + "/dashboard")
+    panel = page.locator("#failing-numbers")
+    panel.get_by_role("heading", name="Numbers that keep failing").wait_for()
+    assert panel.locator("tbody tr").count() == 2  # 0933***222 (4 failures), 0933***223 (1)
+    assert "suppressed, automatically" in panel.locator("tbody tr").first.inner_text()
+    assert_masked(page)
+
+    panel.get_by_role("link", name="0933***222").click()
+    page.get_by_role("heading", name="Number 0933***222").wait_for()
+    number = api(server, "/v1/numbers/0933111222")
+    assert text_of(page, "failure_streak") == str(number["failure_streak"]) == "4"
+    assert "Suppressed automatically" in text_of(page, "suppressed")
+    assert_masked(page)
+
+    page.get_by_role("button", name="Lift the suppression").click()
+    page.get_by_text("Suppression lifted").wait_for()
+    assert text_of(page, "failure_streak") == "0"
+    assert api(server, "/v1/numbers/0933111222")["suppressed"] is None
+
+    page.get_by_label("Reason for suppressing it").fill("the customer asked us to stop")
+    page.get_by_role("button", name="Suppress this number").click()
+    page.get_by_text("Suppressed: sends leave this number out").wait_for()
+    suppressed = api(server, "/v1/numbers/0933111222")["suppressed"]
+    assert (suppressed["source"], suppressed["reason"]) == (
+        "manual",
+        "the customer asked us to stop",
+    )
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.reload()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-number-phone.png"), full_page=True)
+    assert errors == []

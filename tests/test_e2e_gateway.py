@@ -161,3 +161,66 @@ def test_dropped_callbacks_are_recovered_and_each_message_ends_right(
     finally:
         server.stop()
         assert "Traceback" not in getattr(server, "output", ""), server.output
+
+
+def test_a_number_that_always_fails_is_suppressed_and_left_out(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The issue's promise, end to end: after N failed sends to a number, the next send
+    skips it (and costs nothing for it)."""
+    failing, fine = "0912999001", "0912999002"
+    sim = Simulator(
+        tmp_path / "simulator.log",
+        *("--delay", "0.2-0.6", "--fail-rate", "0", "--fail-numbers", failing, "--seed", "3"),
+    )
+    server = LiveServer(
+        database_url,
+        {
+            "DLR_MBOXII_CID": "acct",
+            "DLR_MBOXII_CPW": "pw",
+            "DLR_MBOXII_BASE_URL": sim.url + "/api/",
+            "DLR_SEND_API_KEYS": API_KEY,
+            "DLR_CALLBACK_TOKENS": TOKEN,
+            "DLR_SUPPRESS_AFTER_FAILURES": "3",
+        },
+    )
+    server.env["DLR_PUBLIC_URL"] = server.url
+    server.start()
+    try:
+        api = httpx.Client(base_url=server.url, headers={"x-api-key": API_KEY}, timeout=10)
+
+        def send() -> dict[str, Any]:
+            sent = api.post("/v1/messages", json={"numbers": [failing, fine], "text": "hi"})
+            assert sent.status_code == 201, sent.text
+            body: dict[str, Any] = sent.json()
+            deadline = time.monotonic() + 20
+            while api.get(f"/v1/messages/{body['batch_id']}").json()["pending"]:
+                assert time.monotonic() < deadline, "reports still missing after 20 s"
+                time.sleep(0.1)
+            return body
+
+        for _ in range(3):
+            assert send()["suppressed"] == []
+        number = api.get(f"/v1/numbers/{failing}").json()
+        assert (number["deliveries"], number["failed"], number["failure_streak"]) == (3, 3, 3)
+        assert number["suppressed"]["source"] == "automatic"
+        assert api.get(f"/v1/numbers/{fine}").json()["suppressed"] is None
+        listed = api.get("/v1/numbers", params={"suppressed": "true"}).json()["items"]
+        assert [n["mobile"] for n in listed] == ["+886912999001"]
+
+        fourth = send()
+        assert (fourth["numbers"], fourth["suppressed"]) == (["+886912999002"], ["+886912999001"])
+        sent_to = [m["mobile"] for s in sim.sends() for m in s["messages"]]
+        assert (sent_to.count(failing), sent_to.count(fine)) == (3, 4)
+        alone = api.post("/v1/messages", json={"numbers": [failing], "text": "hi"})
+        assert alone.status_code == 422
+        assert alone.json()["error"] == "all_numbers_suppressed"
+        assert len(sim.sends()) == 4
+        masked = "0912***001"
+        output = server.read_output()
+        assert f"number {masked} suppressed automatically: 3 failed deliveries" in output
+        assert "912999001" not in output
+    finally:
+        server.stop()
+        sim.stop()
+        assert "Traceback" not in getattr(server, "output", ""), server.output

@@ -41,6 +41,16 @@ BEYOND_SCHEMA: dict[str, list[tuple[str, str]]] = {
     ],
     "GET /v1/deliveries.csv": [("done_to", "must be later than done_from")],
     "GET /v1/rejected": [("cursor", "is not a cursor"), ("cursor", "belongs to other filters")],
+    "GET /v1/numbers": [
+        ("cursor", "is not a cursor"),
+        ("cursor", "belongs to other filters"),
+        ("last_done_to", "must be later than last_done_from"),
+    ],
+    "GET /v1/numbers.csv": [("last_done_to", "must be later than last_done_from")],
+    "GET /v1/suppressions": [
+        ("cursor", "is not a cursor"),
+        ("cursor", "belongs to other filters"),
+    ],
     "GET /v1/stats": [
         ("from", "must be before to"),
         ("interval", "buckets"),
@@ -64,8 +74,11 @@ BEYOND_SCHEMA: dict[str, list[tuple[str, str]]] = {
 
 
 # A 422 about what is stored, not about the request: a quarantined request that still fails
-# validation when replayed.
-ABOUT_STORED_DATA = {"POST /v1/rejected/{id}/replay": "invalid_callback"}
+# validation when replayed; a send whose every number has been suppressed meanwhile.
+ABOUT_STORED_DATA = {
+    "POST /v1/rejected/{id}/replay": "invalid_callback",
+    "POST /v1/messages": "all_numbers_suppressed",
+}
 
 
 def beyond_schema(operation: str, errors: list[dict[str, str]]) -> bool:

@@ -157,6 +157,8 @@ async def test_send_now_records_and_answers_the_send(database_url: str) -> None:
             "M": "Your code 42",
             "Value": f"{PUBLIC_URL}/callbacks/mboxii/tok-1",
         }
+        # no number was suppressed; the send as recorded is what GET shows
+        assert body.pop("suppressed") == []
         assert (await client.get("/v1/messages/500")).json() == body
 
 

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from app.cli import build_parser
 from app.gateway import MboxiiClient, prepare_message
 from app.gateway.errors import AuthenticationFailed, NotSentYet, RecordNotFound
 from app.ingest.parse import FIELDS
@@ -188,11 +189,33 @@ async def test_forced_codes() -> None:
     assert r.text == "30"
 
 
+async def test_fail_numbers_always_fail_and_leave_the_others_their_fates() -> None:
+    numbers = [f"09123456{i:02d}" for i in range(10)]
+    fates = {}
+    for failing in (frozenset(), frozenset({"0912345603", "0912345607"})):
+        async with simulator(fail_rate=0.3, fail_numbers=failing) as (app, raw):
+            r = await raw.post("/api/SendSMS.php", data={**GOOD, "N": ",".join(numbers)})
+            assert r.text.startswith("00,")
+            [send] = app.state.simulator.sends.values()
+            fates[failing] = {m.mobile: m.status for m in send.messages}
+    plain, failing = fates.values()
+    assert failing["0912345603"] != "DELIVRD" and failing["0912345607"] != "DELIVRD"
+    assert {m: s for m, s in failing.items() if m not in ("0912345603", "0912345607")} == {
+        m: s for m, s in plain.items() if m not in ("0912345603", "0912345607")
+    }
+
+
 def test_command_line_values() -> None:
     assert parse_accounts("") is None
     assert parse_accounts("a:b, c:d") == {"a": "b", "c": "d"}
     with pytest.raises(ValueError):
         parse_accounts("nopassword")
+    args = build_parser().parse_args(
+        ["simulate-gateway", "--fail-numbers", "0912345678,+886 922-161-529"]
+    )
+    assert args.fail_numbers == [["0912345678", "0922161529"]]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["simulate-gateway", "--fail-numbers", "0212345678"])
     assert parse_delay("2") == (2.0, 2.0)
     assert parse_delay("0.5-1.5") == (0.5, 1.5)
     with pytest.raises(ValueError):

@@ -44,7 +44,8 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
 def needed_scope(method: str, path: str, settings: Settings) -> Access | None:
     """What a request needs: `send` to send or cancel, `read` for the rest of /v1 (and
     /metrics unless it is public), None for paths open to anyone."""
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+    if path == "/v1/messages" or path.startswith(("/v1/messages/", "/v1/suppressions/")):
+        # Suppressing or lifting decides where messages go: as much a send as sending.
         return "read" if method in ("GET", "HEAD", "OPTIONS") else "send"
     # A subscription receives every delivery with its number: making, changing or
     # reading the secret of one is as much as sending.

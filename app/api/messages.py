@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from typing import Annotated, Any
@@ -19,7 +20,15 @@ from app.api.params import (
     parse_instant,
     pattern,
 )
-from app.api.schemas import GatewayErrorRead, MessageCreate, MessageRead, MessageType
+from app.api.schemas import (
+    AllSuppressedRead,
+    GatewayErrorRead,
+    MessageCreate,
+    MessageRead,
+    MessageSent,
+    MessageType,
+    ValidationErrorRead,
+)
 from app.api.subscriptions import checked_url
 from app.core import errors
 from app.db.models import Send
@@ -40,6 +49,7 @@ from app.gateway.sends import (
     pending_numbers,
     record_send,
 )
+from app.gateway.suppressions import suppressed_among
 from app.state import GatewayDep, SessionDep, SettingsDep, get_state
 
 log = logging.getLogger("mboxii_dlr.messages")
@@ -124,10 +134,18 @@ async def message_view(session: AsyncSession, send: Send) -> dict[str, Any]:
 @router.post(
     "/messages",
     status_code=201,
-    response_model=MessageRead,
+    response_model=MessageSent,
     summary="Send a message now, or schedule it",
     dependencies=[Depends(require_send_key)],
-    responses={**error_responses(400, 401, 403, 422, 429, 503), **GATEWAY_RESPONSES},
+    responses={
+        **error_responses(400, 401, 403, 422, 429, 503),
+        422: {
+            "model": ValidationErrorRead | AllSuppressedRead,
+            "description": "Invalid parameters (`invalid_parameters`), or every number is "
+            "suppressed (`all_numbers_suppressed`, with the list; nothing was sent)",
+        },
+        **GATEWAY_RESPONSES,
+    },
 )
 async def create_message(
     body: MessageCreate,
@@ -137,7 +155,11 @@ async def create_message(
     settings: SettingsDep,
     client: GatewayDep,
 ) -> dict[str, Any]:
-    """Check the message against the gateway's rules, send or schedule it, and record it."""
+    """Check the message against the gateway's rules, send or schedule it, and record it.
+
+    Suppressed numbers (GET /v1/suppressions) are left out and listed in `suppressed`; when
+    every number is suppressed nothing is sent (`422 all_numbers_suppressed`).
+    `include_suppressed: true` sends to them anyway."""
     now = dt.datetime.now(dt.UTC)
     send_at = parse_instant("send_at", body.send_at, settings.zone)
     try:
@@ -159,6 +181,22 @@ async def create_message(
                 "needs DLR_STATUS_CALLBACK_SECRET (a whsec_ secret) to sign its events",
             )
         status_callback = await checked_url(settings, body.status_callback, "status_callback")
+    skipped: list[str] = []
+    if not body.include_suppressed:
+        suppressed = await suppressed_among(session, message.numbers)
+        skipped = [mobile for mobile in message.numbers if mobile in suppressed]
+        if skipped:
+            get_state(request).metrics.sends_skipped.inc(len(skipped))
+            log.info("%d suppressed numbers left out of a send", len(skipped))
+        if len(skipped) == len(message.numbers):
+            raise errors.AllNumbersSuppressed(
+                "every number is suppressed; nothing was sent (include_suppressed: true "
+                "sends to them anyway)",
+                suppressed=skipped,
+            )
+        if skipped:
+            kept = tuple(m for m in message.numbers if m not in suppressed)
+            message = dataclasses.replace(message, numbers=kept)
     spend_budget(request, len(message.numbers))
     try:
         result = await client.send(message, settings.callback_url)
@@ -205,7 +243,7 @@ async def create_message(
         ) from None
     log.info("%s send %s to %d numbers", result.type, result.batch_id, len(message.numbers))
     response.headers["location"] = f"/v1/messages/{send.batch_id}?type={send.type}"
-    return await message_view(session, send)
+    return {**await message_view(session, send), "suppressed": skipped}
 
 
 @router.get(

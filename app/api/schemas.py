@@ -355,6 +355,11 @@ class MessageCreate(BaseModel):
         "DLR_STATUS_CALLBACK_SECRET (a 422 while that is unset)",
         examples=["https://app.example.com/sms-status"],
     )
+    include_suppressed: bool = Field(
+        default=False,
+        description="Send to suppressed numbers too (see /v1/suppressions); by default they "
+        "are left out and listed in the answer's `suppressed`",
+    )
 
 
 class MessageRead(BaseModel):
@@ -396,6 +401,51 @@ class MessageRead(BaseModel):
     status_callback: str | None = Field(
         default=None, description="Where this send's delivery.updated events also go"
     )
+
+
+class MessageSent(MessageRead):
+    """A send just made: the recorded send, and the numbers left out of it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "batch_id": "123456",
+                "type": "now",
+                "numbers": ["+886912345678"],
+                "language": "english",
+                "text": "Your code is 123456",
+                "send_at": None,
+                "created_at": "2026-11-26T07:12:03.5Z",
+                "cancelled_at": None,
+                "gateway_answer": "00,123456",
+                "pending": 1,
+                "next_check_at": "2026-11-26T07:42:03.5Z",
+                "last_checked_at": None,
+                "suppressed": ["+886922161529"],
+            }
+        }
+    )
+
+    suppressed: list[str] = Field(
+        description="Numbers given but not sent to, as they are suppressed (E.164); "
+        "`numbers` holds only those sent"
+    )
+
+
+class AllSuppressedRead(ErrorRead):
+    """A 422 when every number of a send is suppressed: nothing was sent."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "error": "all_numbers_suppressed",
+                "message": "every number is suppressed; nothing was sent",
+                "suppressed": ["+886922161529"],
+            }
+        }
+    )
+
+    suppressed: list[str]
 
 
 class GatewayErrorRead(ErrorRead):

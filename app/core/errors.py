@@ -49,6 +49,13 @@ class InvalidCallback(ApiError):
     code = "invalid_callback"
 
 
+class AllNumbersSuppressed(ApiError):
+    """Every number of a send is suppressed (`suppressed` lists them); nothing was sent."""
+
+    status_code = 422
+    code = "all_numbers_suppressed"
+
+
 class Unauthorized(ApiError):
     status_code = 401
     code = "unauthorized"

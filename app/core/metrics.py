@@ -32,6 +32,7 @@ EVENT_RESULTS = (
     "connection_error",
     "refused",
 )
+SUPPRESSION_SOURCES = ("automatic", "manual")
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -166,6 +167,23 @@ class Metrics:
             "Age of the oldest event row still waiting (0 when none).",
             registry=r,
         )
+        self.suppressions = Counter(
+            "mboxii_dlr_numbers_suppressed",
+            "Numbers suppressed (no more sends to them), by source: automatic (the failure "
+            "streak reached DLR_SUPPRESS_AFTER_FAILURES) or manual.",
+            ["source"],
+            registry=r,
+        )
+        self.lifts = Counter(
+            "mboxii_dlr_numbers_lifted",
+            "Suppressions lifted by hand.",
+            registry=r,
+        )
+        self.sends_skipped = Counter(
+            "mboxii_dlr_send_numbers_suppressed",
+            "Numbers left out of a send because they are suppressed.",
+            registry=r,
+        )
         # CPU, memory, open files and start time of this process (Linux /proc).
         ProcessCollector(registry=r)
 
@@ -179,3 +197,5 @@ class Metrics:
             self.events_created.labels(event_type)
         for result in EVENT_RESULTS:
             self.event_attempts.labels(result)
+        for source in SUPPRESSION_SOURCES:
+            self.suppressions.labels(source)

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     retention_days: int | None = Field(default=None, ge=1, le=36500)
     retention_interval_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
 
+    # Suppress a number once this many of its final deliveries in a row failed (empty: never).
+    suppress_after_failures: int | None = Field(default=None, ge=1, le=1_000_000)
+
     # Outbound events (webhooks): see app.events.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     webhook_allow_private: bool = False
@@ -157,7 +160,7 @@ class Settings(BaseSettings):
     webhook_dispatch: bool = True
     status_callback_secret: SecretStr = SecretStr("")
 
-    @field_validator("retention_days", mode="before")
+    @field_validator("retention_days", "suppress_after_failures", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -13,12 +13,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Delivery, Event, Rejected, Report
+from app.db.models import Delivery, Event, Number, Rejected, Report
 from app.gateway.sends import unreported_since
 from app.read.aggregates import delivery_stats
 from app.read.buckets import Interval, LocalCalendar, from_epoch, to_epoch
 
 LATEST_FAILURES = 10
+FAILING_NUMBERS = 10
 HOURS = 24
 DAYS = 30
 
@@ -53,6 +54,7 @@ class Overview:
     pending: int
     unreported: int  # numbers sent in the last 24 hours without any report yet
     failures: Sequence[Delivery]
+    failing: Sequence[Number]  # the numbers with the longest failure streaks
     quarantine: Quarantine
 
 
@@ -78,6 +80,17 @@ async def latest_failures(
         select(Delivery)
         .where(Delivery.outcome == "failed")
         .order_by(Delivery.done_at.desc(), Delivery.msgid, Delivery.mobile)
+        .limit(limit)
+    )
+    return (await session.scalars(stmt)).all()
+
+
+async def failing_numbers(session: AsyncSession, limit: int = FAILING_NUMBERS) -> Sequence[Number]:
+    """The numbers with the longest failure streaks (the streak index, from its top)."""
+    stmt = (
+        select(Number)
+        .where(Number.failure_streak > 0)
+        .order_by(Number.failure_streak.desc(), Number.mobile)
         .limit(limit)
     )
     return (await session.scalars(stmt)).all()
@@ -136,6 +149,7 @@ class OverviewCache:
                 pending=await pending_count(session),
                 unreported=await unreported_since(session, now - dt.timedelta(hours=HOURS)),
                 failures=await latest_failures(session),
+                failing=await failing_numbers(session),
                 quarantine=await quarantine_counts(session),
             )
             self._overview = (time.monotonic(), overview)

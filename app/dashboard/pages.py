@@ -27,7 +27,7 @@ from app.dashboard.sessions import (
     same_origin,
     verify,
 )
-from app.dashboard.views import delivery_ref, local_time, render
+from app.dashboard.views import delivery_ref, local_time, number_url, render
 from app.db.models import Delivery
 from app.state import get_state
 
@@ -163,6 +163,7 @@ def page(
             "local": lambda value: local_time(value, zone),
             "delivery_url": delivery_url,
             "batch_url": lambda batch_id: f"/dashboard/batches/{quote(batch_id, safe='')}",
+            "number_url": lambda mobile: number_url(settings, mobile),
             "percent": percent,
             "query": "",
             **context,

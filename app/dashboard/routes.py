@@ -26,9 +26,9 @@ from app.dashboard.pages import (
     redirect,
     settings_of,
 )
-from app.dashboard.views import delivery_ref
+from app.dashboard.views import delivery_ref, number_url
 from app.db.engine import MAX_ROW_ID
-from app.db.models import Event, Rejected
+from app.db.models import Event, Number, Rejected
 from app.events import subscriptions as events_service
 from app.ingest.errors import CallbackRejected, IngestUnavailable
 from app.ingest.parse import parse_callback
@@ -124,20 +124,25 @@ async def show_figures(
 async def search_deliveries(
     request: Request, session: SessionDep, viewer: Viewer, q: str = ""
 ) -> Response:
-    """Find a delivery by number (any accepted form), msgid or batch ID."""
+    """Find a number (any accepted form), a delivery by msgid, or a batch ID."""
     query = q.strip()[:128]
     if not query:
         return redirect("/dashboard")
     settings = settings_of(request)
     mobile = normalize_mobile(query)
     by_mobile = await data.deliveries_to(session, mobile, SEARCH_LIMIT + 1) if mobile else []
+    number = await session.get(Number, mobile) if mobile else None
     by_msgid = await data.deliveries_with_msgid(session, query, SEARCH_LIMIT + 1)
     batch = await batch_summary(session, query)
     found = [
-        kind for kind, hit in (("mobile", by_mobile), ("msgid", by_msgid), ("batch", batch)) if hit
+        kind
+        for kind, hit in (("mobile", by_mobile or number), ("msgid", by_msgid), ("batch", batch))
+        if hit
     ]
     if found == ["batch"]:
         return redirect(f"/dashboard/batches/{quote(query, safe='')}")
+    if found == ["mobile"] and number is not None:
+        return redirect(number_url(settings, number.mobile))
     only = by_mobile if found == ["mobile"] else by_msgid if found == ["msgid"] else []
     if len(only) == 1:
         ref = delivery_ref(settings, only[0].mobile)
@@ -150,6 +155,7 @@ async def search_deliveries(
         "batch": batch,
         "limit": SEARCH_LIMIT,
         "more_mobile": len(by_mobile) > SEARCH_LIMIT,
+        "number_page": number_url(settings, number.mobile) if number is not None else None,
     }
     return page(request, "search.html", context, viewer, 200 if found else 404)
 
@@ -181,6 +187,7 @@ async def show_delivery(
             "batch": None,
             "limit": SEARCH_LIMIT,
             "more_mobile": False,
+            "number_page": None,
         }
         return page(request, "search.html", context, viewer)
     delivery = rows[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus, urlencode
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -42,6 +42,12 @@ def delivery_ref(settings: Settings, mobile: str) -> str:
     """An opaque handle for a number in URLs, so links never carry the number itself."""
     digest = hmac.new(cursor_key(settings), b"ref\x00" + mobile.encode(), hashlib.sha256)
     return base64.urlsafe_b64encode(digest.digest()[:9]).decode()
+
+
+def number_url(settings: Settings, mobile: str, **params: str) -> str:
+    """The dashboard page of a number (E.164): the masked number and an opaque handle."""
+    query = urlencode({"ref": delivery_ref(settings, mobile), **params})
+    return f"/dashboard/numbers/{quote(mask_mobile(mobile), safe='*')}?{query}"
 
 
 def local_time(value: dt.datetime | None, zone: ZoneInfo) -> str:

@@ -1,5 +1,5 @@
-"""ORM tables: reports, current state per delivery, the quarantine, our own sends, and the
-outbound events with their subscriptions."""
+"""ORM tables: reports, current state per delivery, numbers, the quarantine, our own sends,
+and the outbound events with their subscriptions."""
 
 from __future__ import annotations
 
@@ -121,6 +121,73 @@ class Delivery(Base):
     prev_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
     prev_final: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     prev_done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# A suppressed number is one whose suppressed_since is set (the three columns go together).
+SUPPRESSED = text("suppressed_since IS NOT NULL")
+FAILING = text("failure_streak > 0")
+
+
+class Number(Base):
+    """What the deliveries to one number add up to, and whether sending to it is suppressed.
+
+    The summary columns are written in the same transaction as the deliveries they count (on
+    PostgreSQL by triggers on deliveries, migration 0008; on SQLite by app.ingest.numbers;
+    the purge by app.db.numbers), so they always equal a recount from deliveries:
+    `mboxii-dlr check-numbers` compares the two. A row exists while the number has
+    deliveries, or once it has been suppressed."""
+
+    __tablename__ = "numbers"
+    __table_args__ = (
+        CheckConstraint("suppressed_source IN ('automatic', 'manual')", name="suppressed_source"),
+        # The list order, highest streak first, then mobile, for the numbers with a streak:
+        # the rest (most numbers) follow in the order of the primary key. A number whose
+        # streak stays 0 is then updated without touching any index (on PostgreSQL a HOT
+        # update), as most are on every batch.
+        Index(
+            "ix_numbers_failure_streak_mobile",
+            column("failure_streak").desc(),
+            "mobile",
+            postgresql_where=FAILING,
+            sqlite_where=FAILING,
+        ),
+        # Suppressed numbers are few: their own small indexes serve ?suppressed=true and
+        # /v1/suppressions (latest first) without a walk over every number.
+        Index(
+            "ix_numbers_suppressed_failure_streak_mobile",
+            column("failure_streak").desc(),
+            "mobile",
+            postgresql_where=SUPPRESSED,
+            sqlite_where=SUPPRESSED,
+        ),
+        Index(
+            "ix_numbers_suppressed_since_mobile",
+            column("suppressed_since").desc(),
+            "mobile",
+            postgresql_where=SUPPRESSED,
+            sqlite_where=SUPPRESSED,
+        ),
+    )
+
+    mobile: Mapped[str] = mapped_column(String(16), primary_key=True)
+    deliveries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    delivered: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    pending: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    first_done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The state of the delivery with the latest done_at (ties: the lowest msgid, as listed).
+    last_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Final failed deliveries done after max(last_delivered_at, lifted_at).
+    failure_streak: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    suppressed_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    suppressed_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    suppressed_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When a suppression was last lifted (or the number's latest done_at then, if later):
+    # failures done before it no longer count towards the streak.
+    lifted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Rejected(Base):

@@ -1,5 +1,5 @@
-"""Retention: delete old deliveries with all their reports, old sends and quarantine rows,
-and delivered outbound events."""
+"""Retention: delete old deliveries with all their reports (and what their numbers' summaries
+counted of them), old sends and quarantine rows, and delivered outbound events."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy import Table, and_, delete, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.models import Delivery, Event, Rejected, Report, Send, SendNumber
+from app.db.numbers import refresh as refresh_numbers
 
 log = logging.getLogger("mboxii_dlr.retention")
 
@@ -211,6 +212,9 @@ async def delete_deliveries(
             tuple_(REPORTS.c.msgid, REPORTS.c.mobile).in_([tuple(k) for k in deleted]),
         )
     )
+    # The numbers' summaries count what is left, in the same transaction; a number left
+    # without deliveries is forgotten too, unless it is suppressed.
+    await refresh_numbers(connection, [k[1] for k in deleted])
     return len(deleted), gone.rowcount
 
 

@@ -38,6 +38,7 @@ from app.events.payloads import (
 )
 from app.events.urls import origin_of
 from app.ingest.fold import Arrival, DeliveryChange
+from app.ingest.store import AfterCommit
 
 NOTIFY_CHANNEL = "mboxii_dlr_events"
 
@@ -175,9 +176,8 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 class EventOutbox:
     """Records events in the transaction of their change (a BatchEffect and PreparedEffect;
-    see app.ingest.store). `wake` is called when rows were written (on SQLite, from the
-    store's thread and before the commit: the dispatcher claims under the write lock, so it
-    waits for that commit and then sees them). `engine` (PostgreSQL) is where the
+    see app.ingest.store). Once a batch with events has committed, `wake` is called (on
+    SQLite; PostgreSQL's dispatchers hear the NOTIFY). `engine` (PostgreSQL) is where the
     destinations are read beside each batch."""
 
     def __init__(self, metrics: Metrics | None = None, engine: AsyncEngine | None = None) -> None:
@@ -218,13 +218,20 @@ class EventOutbox:
             with contextlib.suppress(Exception):
                 await side.close(timeout=2)
 
-    def _created(self, event_type: str, rows: int) -> None:
-        if self.metrics is not None and rows:
-            self.metrics.events_created.labels(event_type).inc(rows)
-        if self.wake is not None and rows:
-            self.wake()
+    def _created(self, event_type: str, rows: int) -> AfterCommit:
+        """What to do once the rows are committed: count them, wake the dispatcher."""
 
-    async def apply_postgres(self, connection: Any, changes: Sequence[DeliveryChange]) -> None:
+        def committed() -> None:
+            if self.metrics is not None:
+                self.metrics.events_created.labels(event_type).inc(rows)
+            if self.wake is not None:
+                self.wake()
+
+        return committed
+
+    async def apply_postgres(
+        self, connection: Any, changes: Sequence[DeliveryChange]
+    ) -> AfterCommit | None:
         prepared = _PREPARED.get()
         _PREPARED.set(None)
         batch_ids = {c.state.batch_id for c in changes}
@@ -236,27 +243,29 @@ class EventOutbox:
             rows = await connection.fetch(TARGETS_POSTGRES, list(batch_ids))
         targets = destinations(rows)
         if not targets:
-            return
+            return None
         now = dt.datetime.now(dt.UTC)
         columns = plan_rows(changes, targets, utc_text(now))
         if columns[0]:
             await connection.fetch(INSERT_POSTGRES, *columns, DELIVERY_UPDATED, now)
-            self._created(DELIVERY_UPDATED, len(columns[0]))
+            return self._created(DELIVERY_UPDATED, len(columns[0]))
+        return None
 
     def apply_sqlite(
         self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
-    ) -> None:
+    ) -> AfterCommit | None:
         batch_ids = json.dumps(list({c.state.batch_id for c in changes}), ensure_ascii=False)
         targets = destinations(connection.execute(TARGETS_SQLITE, (batch_ids,)).fetchall())
         if not targets:
-            return
+            return None
         now = dt.datetime.now(dt.UTC)
         columns = plan_rows(changes, targets, utc_text(now))
         if columns[0]:
             rows = json.dumps(list(zip(*columns, strict=True)), ensure_ascii=False)
             at = sqlite_time(now)
             connection.execute(INSERT_SQLITE, (DELIVERY_UPDATED, at, at, rows))
-            self._created(DELIVERY_UPDATED, len(columns[0]))
+            return self._created(DELIVERY_UPDATED, len(columns[0]))
+        return None
 
     async def record_rejected(
         self,
@@ -301,4 +310,6 @@ class EventOutbox:
         )
         if session.get_bind().dialect.name == "postgresql":
             await session.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
-        self._created(CALLBACK_REJECTED, len(wanted))
+        # The quarantine's caller commits right after; counting and waking now is as good
+        # (on SQLite the dispatcher's claim waits for that commit's write lock).
+        self._created(CALLBACK_REJECTED, len(wanted))()

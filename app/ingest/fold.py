@@ -94,9 +94,10 @@ class DeliveryChange:
 class StoreResult:
     """What one committed batch did: per arrival, in order, whether its report was stored
     now (False: a duplicate); how many new reports carry another batch ID than their
-    delivery's first; and the deliveries it changed."""
+    delivery's first; and the deliveries it changed. `after_commit` holds what its effects
+    asked to run once it is committed (the store runs them)."""
 
-    __slots__ = ("_changes", "_decode_changes", "batch_mismatch", "new")
+    __slots__ = ("_changes", "_decode_changes", "after_commit", "batch_mismatch", "new")
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class StoreResult:
         self.batch_mismatch = batch_mismatch
         self._decode_changes = changes
         self._changes: list[DeliveryChange] | None = None
+        self.after_commit: list[Callable[[], None]] = []
 
     @property
     def changes(self) -> list[DeliveryChange]:

@@ -28,7 +28,7 @@ from app.ingest.statements import (
     delivery_upsert,
     returned_columns,
 )
-from app.ingest.store import BatchEffect, PreparedEffect
+from app.ingest.store import BatchEffect, PreparedEffect, run_after_commit
 
 
 def _unnest_insert(table: Any, columns: tuple[str, ...]) -> Any:
@@ -74,10 +74,14 @@ UPSERT_DELIVERIES = _Statement(
 
 
 async def store_batch(
-    connection: Any, batch: Sequence[Arrival], effects: Sequence[BatchEffect] = ()
+    connection: Any,
+    batch: Sequence[Arrival],
+    effects: Sequence[BatchEffect] = (),
+    folded: asyncio.Event | None = None,
 ) -> StoreResult:
     """Insert the reports, fold them into deliveries and run the effects, on an asyncpg
-    connection inside a transaction the caller owns."""
+    connection inside a transaction the caller owns. `folded` is set once the deliveries
+    are written, before the effects run."""
     plan = BatchPlan(batch)
     rows = plan.report_rows()
     inserted = await connection.fetch(INSERT_REPORTS.sql, *INSERT_REPORTS.arguments(rows))
@@ -85,10 +89,14 @@ async def store_batch(
     returned = []
     if rows:
         returned = await connection.fetch(UPSERT_DELIVERIES.sql, *UPSERT_DELIVERIES.arguments(rows))
+    if folded is not None:
+        folded.set()
     result = plan.result(returned)
     if effects and result.changes:
         for effect in effects:
-            await effect.apply_postgres(connection, result.changes)
+            hook = await effect.apply_postgres(connection, result.changes)
+            if hook is not None:
+                result.after_commit.append(hook)
     return result
 
 
@@ -98,9 +106,10 @@ class PostgresStore:
     round trip per batch. The pool still opens and recycles them.
 
     Two batches may be in flight: the next one runs its statements while the previous one
-    waits for its COMMIT. It starts them only once the previous one has run its own, so for
-    every row they share it queues behind that one (row locks): the later-received report
-    is applied later."""
+    runs its effects and waits for its COMMIT. It starts them only once the previous one
+    has written its deliveries, so for every row they share it queues behind that one (row
+    locks): the later-received report is applied later. (Effects take their own row locks
+    in an order of their own, and do not depend on the order batches reach them.)"""
 
     overlap_minimum = 1
 
@@ -108,7 +117,7 @@ class PostgresStore:
         self.engine = engine
         self.effects = tuple(effects)
         self._idle: list[tuple[AsyncConnection, Any]] = []
-        # Set once the latest call's statements have run (or it gave up).
+        # Set once the latest call has written its deliveries (or gave up).
         self._previous_ran: asyncio.Event | None = None
 
     async def store(self, batch: Sequence[Arrival]) -> StoreResult:
@@ -119,10 +128,12 @@ class PostgresStore:
             try:
                 return await self._attempt(batch, after, ran, kept=kept)
             except Exception as exc:
-                if not (kept and is_connectivity_error(exc)):
+                # Once its deliveries were written, the next batch may have written its own:
+                # a second try now could apply an earlier report after a later one.
+                if not (kept and is_connectivity_error(exc)) or ran.is_set():
                     raise
                 # The kept connection may have died with a database restart. Storing is
-                # idempotent, so one more try on a fresh connection is always safe.
+                # idempotent, so one more try on a fresh connection is safe.
                 return await self._attempt(batch, after, ran, kept=False)
         finally:
             ran.set()
@@ -142,8 +153,7 @@ class PostgresStore:
             if after is not None:
                 await after.wait()
             async with raw.transaction():
-                result = await store_batch(raw, batch, self.effects)
-                ran.set()
+                result = await store_batch(raw, batch, self.effects, ran)
         except BaseException:
             # Whatever state it is in, it is not reused: the pool replaces it.
             with contextlib.suppress(Exception):
@@ -151,6 +161,7 @@ class PostgresStore:
                 await connection.close()
             raise
         self._idle.append((connection, raw))
+        run_after_commit(result)
         return result
 
     async def close(self) -> None:

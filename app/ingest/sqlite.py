@@ -34,7 +34,7 @@ from app.ingest.statements import (
     delivery_upsert,
     returned_columns,
 )
-from app.ingest.store import BatchEffect
+from app.ingest.store import BatchEffect, run_after_commit
 
 log = logging.getLogger("mboxii_dlr.ingest")
 
@@ -140,7 +140,9 @@ def store_batch(
     result = plan.result(returned, _decode)
     if effects and result.changes:
         for effect in effects:
-            effect.apply_sqlite(connection, result.changes)
+            hook = effect.apply_sqlite(connection, result.changes)
+            if hook is not None:
+                result.after_commit.append(hook)
     return result
 
 
@@ -191,7 +193,8 @@ class SqliteStore:
                 raw.rollback()
                 raise
             raw.commit()
-            return result
+        run_after_commit(result)
+        return result
 
     def _store_sync(self, batch: Sequence[Arrival]) -> StoreResult:
         try:

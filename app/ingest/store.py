@@ -3,11 +3,17 @@ transaction (BatchEffect)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from app.ingest.fold import Arrival, DeliveryChange, StoreResult
+
+log = logging.getLogger("mboxii_dlr.ingest")
+
+# Called once a batch's transaction has committed; it must not raise (it is logged if it does).
+AfterCommit = Callable[[], None]
 
 
 class BatchEffect(Protocol):
@@ -17,14 +23,20 @@ class BatchEffect(Protocol):
     commit, once per batch that changed at least one delivery. Whatever it raises rolls the
     whole batch back: no report of it is acknowledged, and the writer treats the error like
     one of the batch's own (a connectivity error answers 503; anything the database refused
-    sends the reports one by one)."""
+    sends the reports one by one).
 
-    async def apply_postgres(self, connection: Any, changes: Sequence[DeliveryChange]) -> None:
+    What should happen only once the batch is committed (a log line, a metric) goes in the
+    callable an apply method may return: the store calls it after the commit, and never
+    for a batch rolled back."""
+
+    async def apply_postgres(
+        self, connection: Any, changes: Sequence[DeliveryChange]
+    ) -> AfterCommit | None:
         """On PostgreSQL: `connection` is the batch's asyncpg connection."""
 
     def apply_sqlite(
         self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
-    ) -> None:
+    ) -> AfterCommit | None:
         """On SQLite, in the store's thread: `connection` is the batch's sqlite3 connection."""
 
 
@@ -50,3 +62,13 @@ class BatchStore(Protocol):
     async def store(self, batch: Sequence[Arrival]) -> StoreResult: ...
 
     async def close(self) -> None: ...
+
+
+def run_after_commit(result: StoreResult) -> None:
+    """Run what the effects of a committed batch asked for; a failure there is logged, as
+    the batch itself is stored and acknowledged whatever happens to them."""
+    for hook in result.after_commit:
+        try:
+            hook()
+        except Exception:
+            log.exception("an effect's follow-up to a committed batch failed")

@@ -5,8 +5,8 @@ one row in `events` per destination that wants it, in the same transaction as th
 the dispatchers of every replica send the due rows and record how it went. Destinations are
 `subscriptions`, and the `status_callback` a send may name.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-30
 """
 
@@ -17,8 +17,8 @@ from alembic import op
 
 from app.db.engine import UTCDateTime
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,348 @@
+"""Numbers and suppressions: which numbers keep failing, and not sending to them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
+
+from app.api.auth import require_send_key
+from app.api.errors import error_responses
+from app.api.params import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    INSTANT_DESCRIPTION,
+    INSTANT_PATTERN,
+    MOBILE_SCHEMA,
+    check_cursor,
+    invalid,
+    parse_instant,
+    parse_mobile,
+    pattern,
+)
+from app.api.schemas import DELIVERY_EXAMPLE, DeliveryRead, Outcome, UtcTime
+from app.core.errors import NotFound
+from app.gateway.suppressions import REASON_MAX_LENGTH, lift, suppress
+from app.read.csvexport import CsvResponse, csv_chunks
+from app.read.cursors import cursor_key
+from app.read.numbers import (
+    CSV_COLUMNS,
+    NumberFilters,
+    find_numbers,
+    find_suppressions,
+    get_number,
+    number_view,
+    stream_numbers,
+)
+from app.state import SessionDep, SettingsDep, StateDep
+
+router = APIRouter(prefix="/v1", tags=["numbers"])
+
+SUPPRESSION_EXAMPLE: JsonDict = {
+    "source": "automatic",
+    "reason": "5 failed deliveries in a row",
+    "since": "2026-11-26T03:10:00Z",
+}
+NUMBER_EXAMPLE: JsonDict = {
+    "mobile": "+886912345678",
+    "deliveries": 12,
+    "delivered": 7,
+    "failed": 5,
+    "pending": 0,
+    "first_done_at": "2026-10-02T01:15:09Z",
+    "last_done_at": "2026-11-26T03:09:58Z",
+    "last_status": "UNDELIV",
+    "last_outcome": "failed",
+    "last_delivered_at": "2026-11-19T08:40:12Z",
+    "failure_streak": 5,
+    "suppressed": SUPPRESSION_EXAMPLE,
+}
+
+
+class SuppressionRead(BaseModel):
+    """Why and since when no message goes to a number."""
+
+    model_config = ConfigDict(json_schema_extra={"example": SUPPRESSION_EXAMPLE})
+
+    source: Literal["automatic", "manual"] = Field(
+        description="`automatic`: its failure streak reached DLR_SUPPRESS_AFTER_FAILURES; "
+        "`manual`: suppressed through PUT /v1/suppressions/{mobile} or the dashboard"
+    )
+    reason: str | None
+    since: UtcTime
+
+
+class NumberRead(BaseModel):
+    """What the deliveries to one number add up to, and whether it is suppressed."""
+
+    model_config = ConfigDict(json_schema_extra={"example": NUMBER_EXAMPLE})
+
+    mobile: str = Field(description="E.164, `+886912345678`")
+    deliveries: int = Field(description="Messages (msgids) to this number")
+    delivered: int
+    failed: int
+    pending: int = Field(description="Deliveries not final yet (ENROUTE)")
+    first_done_at: UtcTime | None = Field(description="Earliest done_at; null without deliveries")
+    last_done_at: UtcTime | None = Field(description="Latest done_at; null without deliveries")
+    last_status: str | None = Field(description="Status word of the latest delivery")
+    last_outcome: Outcome | None = Field(description="Outcome of the latest delivery")
+    last_delivered_at: UtcTime | None = Field(
+        description="done_at of the latest delivered delivery; null if none was delivered"
+    )
+    failure_streak: int = Field(
+        description="Final failed deliveries done after the latest delivered one (and after "
+        "the latest lift of a suppression)"
+    )
+    suppressed: SuppressionRead | None = Field(description="null when messages go to it")
+
+
+class NumberDetail(NumberRead):
+    """A number with its latest deliveries."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"example": {**NUMBER_EXAMPLE, "recent": [DELIVERY_EXAMPLE]}}
+    )
+
+    recent: list[DeliveryRead] = Field(description="Its latest 20 deliveries, newest first")
+
+
+class NumberPage(BaseModel):
+    """One page of numbers."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"items": [NUMBER_EXAMPLE], "next_cursor": "q1Z3...signed-cursor"}
+        }
+    )
+
+    items: list[NumberRead]
+    next_cursor: str | None = Field(
+        description="Pass it as `cursor`, with the same filters, for the next page; "
+        "null on the last page"
+    )
+
+
+class SuppressionCreate(BaseModel):
+    """A suppression by hand."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"reason": "the customer asked us to stop"}},
+    )
+
+    reason: str = Field(
+        min_length=1,
+        max_length=REASON_MAX_LENGTH,
+        description=f"Why, for whoever looks later: 1-{REASON_MAX_LENGTH} printable characters",
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        value = value.strip()
+        if not value or not value.isprintable():
+            raise ValueError("must be printable text (no line breaks or control characters)")
+        return value
+
+
+MobilePath = Annotated[
+    str,
+    Path(
+        description="A Taiwan mobile number in any accepted form (`0912345678`, "
+        "`+886912345678`, `886912345678`, `912345678`, with spaces, dots or dashes)",
+        examples=["0912345678"],
+        json_schema_extra=dict(MOBILE_SCHEMA),
+    ),
+]
+
+
+def number_filters(
+    settings: SettingsDep,
+    failure_streak_min: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**31 - 1,
+            description="Only numbers whose failure streak is at least this",
+            examples=[3],
+        ),
+    ] = None,
+    suppressed: Annotated[
+        bool | None,
+        Query(description="`true`: only suppressed numbers; `false`: only the others"),
+    ] = None,
+    last_done_from: Annotated[
+        str | None,
+        Query(
+            description="Only numbers whose latest `done_at` is at or after this time. "
+            + INSTANT_DESCRIPTION,
+            examples=["2026-11-01T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
+        ),
+    ] = None,
+    last_done_to: Annotated[
+        str | None,
+        Query(
+            description="Only numbers whose latest `done_at` is before this time (exclusive). "
+            + INSTANT_DESCRIPTION,
+            examples=["2026-12-01T00:00:00+08:00"],
+            json_schema_extra=pattern(INSTANT_PATTERN),
+        ),
+    ] = None,
+) -> NumberFilters:
+    """Parse the filters shared by the list and the CSV export."""
+    start = parse_instant("last_done_from", last_done_from, settings.zone)
+    end = parse_instant("last_done_to", last_done_to, settings.zone)
+    if start is not None and end is not None and start >= end:
+        raise invalid("last_done_to", "must be later than last_done_from")
+    return NumberFilters(failure_streak_min, suppressed, start, end)
+
+
+FiltersDep = Annotated[NumberFilters, Depends(number_filters)]
+LimitQuery = Annotated[
+    int, Query(ge=1, le=1000, description="Numbers per page, 1-1000", examples=[100])
+]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        description="`next_cursor` of the previous page. Send the same filters with it "
+        "(only `limit` may change); a cursor from other filters, or altered, is a 422",
+        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+    ),
+]
+
+
+@router.get(
+    "/numbers",
+    response_model=NumberPage,
+    summary="Numbers by failure streak",
+    responses=error_responses(401, 422, 503),
+)
+async def list_numbers(
+    settings: SettingsDep,
+    session: SessionDep,
+    filters: FiltersDep,
+    limit: LimitQuery = 100,
+    cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """Which numbers keep failing: every number that matches the filters, the highest
+    `failure_streak` first, then by `mobile`.
+
+    Following `next_cursor` until it is null visits every number that matched when the
+    walk began once, unless its streak changed during the walk."""
+    key = cursor_key(settings)
+    rows, next_cursor = await find_numbers(
+        session, filters, limit=limit, cursor=check_cursor(cursor), key=key
+    )
+    return {"items": [number_view(row) for row in rows], "next_cursor": next_cursor}
+
+
+CSV_EXAMPLE = (
+    ",".join(CSV_COLUMNS) + "\r\n"
+    "+886912345678,12,7,5,0,2026-10-02T01:15:09Z,2026-11-26T03:09:58Z,UNDELIV,failed,"
+    "2026-11-19T08:40:12Z,5,automatic,5 failed deliveries in a row,2026-11-26T03:10:00Z\r\n"
+)
+
+
+@router.get(
+    "/numbers.csv",
+    response_class=CsvResponse,
+    summary="Export numbers as CSV",
+    responses={
+        200: {
+            "description": "Every matching number, one per line, in the order of the list",
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE}},
+        },
+        **error_responses(401, 422, 503),
+    },
+)
+async def export_numbers(state: StateDep, filters: FiltersDep) -> CsvResponse:
+    """Download every number that matches the filters (those of the list; no `limit` or
+    `cursor`) as CSV: the Number's fields, its `suppressed` object as the three columns
+    `suppressed_source`, `suppressed_reason` and `suppressed_since` (empty when it is not
+    suppressed). Written like the deliveries export (UTF-8, RFC 4180, times in UTC, cells
+    a spreadsheet would run as a formula prefixed with `'`), streamed as it is read."""
+    batches = stream_numbers(state.engine, filters)
+    # The query runs before the 200, so an unreachable database is an error answer.
+    first = await anext(batches, None)
+    return CsvResponse(csv_chunks(CSV_COLUMNS, first, batches), filename="numbers.csv")
+
+
+@router.get(
+    "/numbers/{mobile}",
+    response_model=NumberDetail,
+    summary="One number with its latest deliveries",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def read_number(session: SessionDep, mobile: MobilePath) -> dict[str, Any]:
+    """A number's summary and its latest 20 deliveries; 404 if it was never seen nor
+    suppressed."""
+    e164 = parse_mobile(mobile)
+    assert e164 is not None
+    number = await get_number(session, e164)
+    if number is None:
+        raise NotFound("no delivery to this number and no suppression of it")
+    return number
+
+
+@router.get(
+    "/suppressions",
+    response_model=NumberPage,
+    summary="Suppressed numbers",
+    responses=error_responses(401, 422, 503),
+)
+async def list_suppressions(
+    settings: SettingsDep, session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
+) -> dict[str, Any]:
+    """The numbers no message goes to, latest suppressed first."""
+    key = cursor_key(settings)
+    rows, next_cursor = await find_suppressions(
+        session, limit=limit, cursor=check_cursor(cursor), key=key
+    )
+    return {"items": [number_view(row) for row in rows], "next_cursor": next_cursor}
+
+
+@router.put(
+    "/suppressions/{mobile}",
+    response_model=NumberRead,
+    summary="Suppress a number",
+    dependencies=[Depends(require_send_key)],
+    responses=error_responses(400, 401, 403, 422, 503),
+)
+async def suppress_number(
+    state: StateDep, session: SessionDep, mobile: MobilePath, body: SuppressionCreate
+) -> dict[str, Any]:
+    """Stop sending to a number: POST /v1/messages leaves it out (unless
+    `include_suppressed`). A number suppressed automatically becomes a manual suppression;
+    one already suppressed by hand keeps its `since` and takes the new reason. Needs a key
+    that may send (DLR_SEND_API_KEYS)."""
+    e164 = parse_mobile(mobile)
+    assert e164 is not None
+    now = dt.datetime.now(dt.UTC)
+    number = await suppress(session, e164, body.reason, now, state.metrics)
+    return number_view(number)
+
+
+@router.delete(
+    "/suppressions/{mobile}",
+    response_model=NumberRead,
+    summary="Lift a suppression",
+    dependencies=[Depends(require_send_key)],
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def lift_suppression(
+    state: StateDep, session: SessionDep, mobile: MobilePath
+) -> dict[str, Any]:
+    """Send to a number again (its suppression manual or automatic): its `failure_streak`
+    starts again from 0. 404 if it is not suppressed. Needs a key that may send
+    (DLR_SEND_API_KEYS)."""
+    e164 = parse_mobile(mobile)
+    assert e164 is not None
+    now = dt.datetime.now(dt.UTC)
+    number = await lift(session, e164, now, state.metrics)
+    if number is None:
+        raise NotFound("this number is not suppressed")
+    return number_view(number)
