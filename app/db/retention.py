@@ -1,5 +1,5 @@
 """Retention: delete old deliveries with all their reports (and what their numbers' summaries
-counted of them), old sends and quarantine rows."""
+counted of them), old sends and quarantine rows, and delivered outbound events."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, delete, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.models import Delivery, Rejected, Report, Send, SendNumber
+from app.db.models import Delivery, Event, Rejected, Report, Send, SendNumber
 from app.db.numbers import refresh as refresh_numbers
 
 log = logging.getLogger("mboxii_dlr.retention")
@@ -23,6 +23,7 @@ REPORTS = cast(Table, Report.__table__)
 REJECTED = cast(Table, Rejected.__table__)
 SENDS = cast(Table, Send.__table__)
 SEND_NUMBERS = cast(Table, SendNumber.__table__)
+EVENTS = cast(Table, Event.__table__)
 
 CLI_BATCH = 5000
 # The running service purges beside ingest: small transactions, so a callback that needs
@@ -39,11 +40,13 @@ class PurgeResult:
     reports: int = 0
     rejected: int = 0
     sends: int = 0
+    events: int = 0
 
     def describe(self) -> str:
         return (
             f"{self.deliveries} deliveries, {self.reports} reports, "
-            f"{self.rejected} quarantined requests, {self.sends} sends"
+            f"{self.rejected} quarantined requests, {self.sends} sends, "
+            f"{self.events} delivered events"
         )
 
 
@@ -61,7 +64,9 @@ async def purge(
 ) -> PurgeResult:
     """Delete every delivery last heard of before `cutoff` together with its reports, then
     the quarantine rows last seen before it, then the sends made and due before it (with
-    their numbers); each batch is one transaction."""
+    their numbers), then the events delivered that were created before it (pending and
+    failed ones stay: they still have to be sent, or looked at); each batch is one
+    transaction."""
     result = PurgeResult()
     after: tuple[str, str] | None = None
     while True:
@@ -120,6 +125,20 @@ async def purge(
         or_(SENDS.c.send_at.is_(None), SENDS.c.send_at < cutoff),
     )
     await _delete_by_id(engine, SENDS.c.id, done, delete_sends, batch_size, pause, sends_gone)
+
+    async def delete_events(connection: AsyncConnection, ids: Sequence[int]) -> int:
+        stmt = delete(EVENTS).where(EVENTS.c.id.in_(ids), EVENTS.c.status == "delivered")
+        return (await connection.execute(stmt)).rowcount
+
+    def events_gone(n: int) -> None:
+        result.events += n
+        if progress is not None:
+            progress(result)
+
+    old_delivered = and_(EVENTS.c.status == "delivered", EVENTS.c.created_at < cutoff)
+    await _delete_by_id(
+        engine, EVENTS.c.id, old_delivered, delete_events, batch_size, pause, events_gone
+    )
     return result
 
 
@@ -215,7 +234,7 @@ async def purge_periodically(
                 "retention purge failed (%s); next try in %.0fs", exc.__class__.__name__, interval
             )
         else:
-            if result.deliveries or result.rejected or result.sends:
+            if result.deliveries or result.rejected or result.sends or result.events:
                 log.info(
                     "retention: deleted %s older than %s", result.describe(), cutoff.isoformat()
                 )
