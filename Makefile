@@ -49,10 +49,12 @@ bench: $(STAMP)
 	@mkdir -p bench/results
 	$(BIN)/python -m bench.ingest --json bench/results/ingest.json
 	$(BIN)/python -m bench.read --explain bench/results/plans.txt
+	$(BIN)/python -m bench.events --json bench/results/events.json
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench.ingest --duration 2 --warmup 1
 	$(BIN)/python -m bench.read --reports 20000 --requests 5 --database mboxii_bench_smoke
+	$(BIN)/python -m bench.events --duration 2 --warmup 1 --events 2000 --only pg-events dispatcher
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, dashboard
-from app.api import callbacks, deliveries, messages, numbers, ops, rejected, stats
+from app.api import (
+    callbacks,
+    deliveries,
+    messages,
+    numbers,
+    ops,
+    rejected,
+    stats,
+    subscriptions,
+)
 from app.api.auth import ApiKeyMiddleware, require_api_key
 from app.api.budget import SendBudget
 from app.api.errors import install_error_handlers
@@ -39,6 +48,7 @@ from app.db.numbers import suppress_reached
 from app.db.partitions import maintain_periodically
 from app.db.retention import retention_job
 from app.db.throttle import KeyThrottle
+from app.events.dispatcher import Dispatcher
 from app.gateway import MboxiiClient
 from app.gateway.reconcile import Reconciler
 from app.ingest.endpoint import CallbackEndpoint
@@ -126,6 +136,11 @@ def create_app(
             warn_about_secrets(settings)
             state.storage = await stack.enter_async_context(open_storage(settings, metrics))
             state.key_throttle = KeyThrottle(state.engine)
+            state.dispatcher = Dispatcher(state.engine, settings, metrics, state.outbox)
+            if settings.webhook_dispatch:
+                state.dispatcher.start()
+            # Left before the storage: the writer may still commit events for the others.
+            stack.push_async_callback(state.dispatcher.stop)
             await report_database(state.engine, settings.database_url)
             if settings.suppress_after_failures:
                 await suppress_at_start(state.engine, settings.suppress_after_failures, metrics)
@@ -198,7 +213,7 @@ def create_app(
     keys = [Depends(require_api_key)] if settings.read_keys else []
     app.include_router(ops.metrics_router, dependencies=[] if settings.metrics_open else keys)
     v1 = [*keys, Depends(reject_nul)]
-    for router in (stats.router, rejected.router, numbers.router):
+    for router in (stats.router, rejected.router, numbers.router, subscriptions.router):
         app.include_router(router, dependencies=v1)
     app.include_router(deliveries.router, dependencies=v1)
     # The dashboard checks the same keys itself, through a login form and a session cookie.

@@ -16,6 +16,8 @@ from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.db.engine import create_engine
 from app.db.throttle import KeyThrottle
+from app.events.dispatcher import Dispatcher
+from app.events.outbox import EventOutbox
 from app.gateway.client import MboxiiClient
 from app.gateway.reconcile import Reconciler
 from app.ingest.numbers import NumberSummaries
@@ -28,11 +30,13 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Storage:
-    """The database engine, its sessions and the ingest writer: opened and closed together."""
+    """The database engine, its sessions and the ingest writer, with the outbox its batches
+    write events to: opened and closed together."""
 
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     writer: Writer
+    outbox: EventOutbox
 
 
 @asynccontextmanager
@@ -44,12 +48,15 @@ async def open_storage(
     batch_delay: float | None = None,
 ) -> AsyncIterator[Storage]:
     """The engine and a running writer for `settings`, for the server and the CLI alike;
-    on leaving, the writer commits what it holds and the engine closes its connections."""
+    on leaving, the writer commits what it holds and the engine closes its connections.
+    Every batch records its outbound events (the outbox is the writer's effect), whichever
+    path stores it: callbacks, replays, reconciliation."""
     engine = create_engine(
         settings.database_url,
         pool_size=pool_size or settings.db_pool_size,
         prepared_statements=settings.db_prepared_statements,
     )
+    outbox = EventOutbox(metrics, engine if engine.dialect.name == "postgresql" else None)
     try:
         writer = Writer(
             engine,
@@ -60,13 +67,16 @@ async def open_storage(
             ),
             queue_size=settings.ingest_queue_size,
             timeout=settings.ingest_timeout_seconds,
-            effects=[NumberSummaries(metrics, settings.suppress_after_failures)],
+            effects=[NumberSummaries(metrics, settings.suppress_after_failures), outbox],
         )
         writer.start()
         try:
-            yield Storage(engine, async_sessionmaker(engine, expire_on_commit=False), writer)
+            yield Storage(
+                engine, async_sessionmaker(engine, expire_on_commit=False), writer, outbox
+            )
         finally:
             await writer.stop()
+            await outbox.close()
     finally:
         await engine.dispose()
 
@@ -90,6 +100,8 @@ class AppState:
     key_throttle: KeyThrottle = field(init=False)
     gateway: MboxiiClient | None = None
     reconciler: Reconciler | None = None
+    #: sends the outbox's events (built even where DLR_WEBHOOK_DISPATCH=false, not started)
+    dispatcher: Dispatcher = field(init=False)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -102,6 +114,10 @@ class AppState:
     @property
     def writer(self) -> Writer:
         return self.storage.writer
+
+    @property
+    def outbox(self) -> EventOutbox:
+        return self.storage.outbox
 
 
 def get_state(request: Request) -> AppState:

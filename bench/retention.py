@@ -2,12 +2,12 @@
 DELETE path, and the migration that partitions an existing table, on PostgreSQL.
 
 Seeds N reports (bench/seed.py) spread from the first day of the month before last up to
-now, into a database at migration 0009 (one `reports` table, as before the partitions).
+now, into a database at migration 0010 (one `reports` table, as before the partitions).
 Two copies of it are made (CREATE DATABASE ... TEMPLATE):
 
 - **delete**: `purge` as the service runs it on one table: the deliveries last heard of
   before the first day of last month, batch by batch, each with its reports (DELETE).
-- **partitions**: first `mboxii-dlr migrate` (0010, the conversion: timed, per million
+- **partitions**: first `mboxii-dlr migrate` (0011, the conversion: timed, per million
   rows), then the same `purge`, which now deletes the deliveries and drops the month
   partition of the month before last.
 
@@ -32,8 +32,8 @@ from app.db.retention import PurgeResult, purge
 from bench.ingest import ROOT, _pg, pg_database
 from bench.seed import seed
 
-#: The schema just before the partitions (migration 0010 partitions reports).
-BEFORE_PARTITIONS = "0009"
+#: The schema just before the partitions (migration 0011 partitions reports).
+BEFORE_PARTITIONS = "0010"
 
 
 def migrate(dsn: str, revision: str = "head") -> float:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         dsn = copy_database(base, f"{base}_partitions")
         seconds = migrate(dsn)
         print(
-            f"migration 0010 (partitioning {total:,} reports): {seconds:.1f}s, "
+            f"migration 0011 (partitioning {total:,} reports): {seconds:.1f}s, "
             f"{seconds / max(total / 1e6, 1e-9):.1f}s per million reports"
         )
         result, elapsed, wal = asyncio.run(timed_purge(dsn, cutoff, args.batch_size))

@@ -60,3 +60,35 @@ def test_read_benchmark_runs_on_a_small_seed(postgres_url: str) -> None:
     # exit status 1 only says a latency target was missed, which a smoke run may do
     assert out.returncode in (0, 1), out.stdout + out.stderr
     assert "| stats 30 days by hour |" in out.stdout
+
+
+def test_events_benchmark_runs_and_every_event_arrives(postgres_url: str) -> None:
+    require_tool("wrk", "the events benchmark's load generator")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.events",
+            "--duration",
+            "2",
+            "--warmup",
+            "1",
+            "--connections",
+            "16",
+            "--events",
+            "2000",
+            "--only",
+            "pg",
+            "pg-events",
+            "dispatcher",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ("pg", "pg-events", "dispatcher-alone-pg"):
+        assert f"| {name} |" in out.stdout
+    assert "RECEIVED" not in out.stdout
+    assert "pg-events / pg" in out.stdout and "dispatcher alone" in out.stdout

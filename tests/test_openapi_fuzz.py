@@ -25,6 +25,7 @@ from tests.conftest import make_settings, report, running_app
 from tests.fake_gateway import ACCOUNT, API_KEY, FakeGateway
 
 READ_KEY = "read-only-key-0123456789"
+STATUS_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 CALLBACK = "/callbacks/mboxii/tok-1"
 EXAMPLES = 15  # per operation and phase
 STATEFUL_RUNS = 10  # scenarios of the stateful phase, of up to 20 steps each
@@ -55,7 +56,13 @@ BEYOND_SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("interval", "buckets"),
         ("from", "the range must lie within"),
     ],
+    "GET /v1/subscriptions": [("cursor", "is not a cursor"), ("cursor", "belongs to other")],
+    "GET /v1/events": [("cursor", "is not a cursor"), ("cursor", "belongs to other filters")],
+    # What a URL must be (scheme, host, no user info, printable) is more than its schema says.
+    "POST /v1/subscriptions": [("url", "")],
+    "PATCH /v1/subscriptions/{id}": [("url", "")],
     "POST /v1/messages": [
+        ("status_callback", ""),
         ("send_at", "must be in the future"),
         ("send_at", "must be at most ten years ahead"),
         ("send_at", "must fall on a 5-minute step"),
@@ -130,6 +137,10 @@ def run_schemathesis(database_url: str) -> Run:
         send_rate=100_000,
         metrics_public=False,
         reconcile_after="30d",
+        # Subscriptions to whatever URL it makes up: no name looked up, nothing sent.
+        webhook_allow_private=True,
+        webhook_dispatch=False,
+        status_callback_secret=STATUS_SECRET,
     )
     asyncio.run(seed(settings))
     app = create_app(settings, gateway_transport=gateway.transport())

@@ -217,7 +217,7 @@ async def test_two_purges_at_once_delete_everything_once_and_fail_nothing(migrat
 def before_partitions(fresh_postgres: str) -> str:
     """The schema of the release before the partitions, with 30,000 reports over three
     months."""
-    upgrade(fresh_postgres, "0009")
+    upgrade(fresh_postgres, "0010")
 
     async def seed() -> None:
         conn = await asyncpg.connect(fresh_postgres)

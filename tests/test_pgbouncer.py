@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
+from app.core.settings import Settings
 from app.db import partitions
 from app.db.models import Delivery
 from app.db.retention import purge
@@ -30,6 +32,7 @@ from tests.conftest import (
     running_app,
 )
 from tests.helpers import consistency_problems
+from tests.receivers import ReceiverProcess, receivers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -57,7 +60,7 @@ auth_file = {tmp_path}/users.txt
 pool_mode = transaction
 default_pool_size = 5
 max_client_conn = 200
-ignore_startup_parameters = extra_float_digits,synchronous_commit
+ignore_startup_parameters = extra_float_digits,synchronous_commit,enable_seqscan
 logfile = {tmp_path}/pgbouncer.log
 """
     )
@@ -85,17 +88,33 @@ logfile = {tmp_path}/pgbouncer.log
 
 
 async def test_the_service_works_behind_pgbouncer_without_prepared_statements(
-    pgbouncer: str,
+    pgbouncer: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = make_settings(pgbouncer, db_prepared_statements=False, api_keys="pgbouncer-key")
+    settings = make_settings(
+        pgbouncer,
+        db_prepared_statements=False,
+        send_api_keys="pgbouncer-key",
+        webhook_allow_private=True,
+    )
+    with receivers(1) as (receiver,), caplog.at_level(logging.WARNING):
+        await _serve_through_pgbouncer(settings, pgbouncer, receiver)
+    # the event dispatcher's own connection went through too
+    assert not [r for r in caplog.records if "events:" in r.getMessage()]
+
+
+async def _serve_through_pgbouncer(
+    settings: Settings, pgbouncer: str, receiver: ReceiverProcess
+) -> None:
     async with running_app(settings) as (app, client):
+        key = {"x-api-key": "pgbouncer-key"}
+        subscribed = await client.post("/v1/subscriptions", json={"url": receiver.url}, headers=key)
+        assert subscribed.status_code == 201, subscribed.text
         # many at once: batches on connections PgBouncer shares out transaction by transaction
         bodies = [
             report(msgid=f"b{i}", statusstr=w) for i in range(60) for w in ("ENROUTE", "DELIVRD")
         ]
         answers = await asyncio.gather(*(client.post("/callbacks/mboxii", data=b) for b in bodies))
         assert {a.status_code for a in answers} == {200}
-        key = {"x-api-key": "pgbouncer-key"}
         for i in range(0, 60, 7):
             d = (await client.get(f"/v1/deliveries/b{i}", headers=key)).json()
             assert (d["status"], d["reports"]) == ("DELIVRD", 2)
@@ -103,6 +122,12 @@ async def test_the_service_works_behind_pgbouncer_without_prepared_statements(
         for _ in range(3):
             r = await client.post("/dashboard/login", data={"key": "wrong"})
             assert r.status_code == 401
+        # every delivery's event reaches the receiver (LISTEN does not hold through PgBouncer
+        # in transaction mode: the dispatcher finds the events on its rounds)
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(told := {e["json"]["data"]["msgid"] for e in receiver.events()}) < 60:
+            assert asyncio.get_running_loop().time() < deadline, len(told)
+            await asyncio.sleep(0.2)
         # partitions made, detached and dropped, under transaction-scoped locks
         engine = app.app_state.engine
         now = dt.datetime.now(dt.UTC)

@@ -267,9 +267,13 @@ async def test_purge_command(database_url: str, app_factory: Any) -> None:
     assert counts == sorted(counts)
     assert all(b - a <= 3 for a, b in zip([0, *counts], counts, strict=False))
     assert progress[-1] == (
-        "deleted so far: 7 deliveries, 14 reports, 3 quarantined requests, 2 sends"
+        "deleted so far: 7 deliveries, 14 reports, 3 quarantined requests, 2 sends, "
+        "0 delivered events"
     )
-    assert "done: deleted 7 deliveries, 14 reports, 3 quarantined requests, 2 sends" in done.stdout
+    assert (
+        "done: deleted 7 deliveries, 14 reports, 3 quarantined requests, 2 sends, "
+        "0 delivered events" in done.stdout
+    )
     assert (await asyncio.to_thread(stored_msgids, database_url)) == {*data["new"], "mixed"}
     assert (await asyncio.to_thread(table_counts, database_url))["rejected"] == 2
     assert await sends_left(database_url) == ({"old-for-later", "new-1"}, 4)

@@ -21,7 +21,10 @@ from app.web.security import caller_address, client_key, key_id, matches_secret
 Access = Literal["read", "send"]
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mboxii-dlr"'}
 UNAUTHORIZED = "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>"
-FORBIDDEN = "this key may read but not send or cancel: use a key of DLR_SEND_API_KEYS"
+FORBIDDEN = (
+    "this key may read but not send, cancel, nor manage event subscriptions: use a key of "
+    "DLR_SEND_API_KEYS"
+)
 # Only documentation: the checks themselves run in ApiKeyMiddleware, before the body is read.
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer")
@@ -44,6 +47,11 @@ def needed_scope(method: str, path: str, settings: Settings) -> Access | None:
     if path == "/v1/messages" or path.startswith(("/v1/messages/", "/v1/suppressions/")):
         # Suppressing or lifting decides where messages go: as much a send as sending.
         return "read" if method in ("GET", "HEAD", "OPTIONS") else "send"
+    # A subscription receives every delivery with its number: making, changing or
+    # reading the secret of one is as much as sending.
+    if path == "/v1/subscriptions" or path.startswith("/v1/subscriptions/"):
+        reading = method in ("GET", "HEAD", "OPTIONS") and not path.endswith("/secret")
+        return "read" if reading else "send"
     if path == "/v1" or path.startswith("/v1/"):
         return "read"
     if path == "/metrics" and not settings.metrics_open:

@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import require_send_key
 from app.api.budget import SendBudget
 from app.api.errors import error_responses
-from app.api.params import IDENTIFIER_PATTERN, check_identifier, parse_instant, pattern
+from app.api.params import (
+    IDENTIFIER_PATTERN,
+    check_identifier,
+    invalid,
+    parse_instant,
+    pattern,
+)
 from app.api.schemas import (
     AllSuppressedRead,
     GatewayErrorRead,
@@ -23,6 +29,7 @@ from app.api.schemas import (
     MessageType,
     ValidationErrorRead,
 )
+from app.api.subscriptions import checked_url
 from app.core import errors
 from app.db.models import Send
 from app.gateway import (
@@ -120,6 +127,7 @@ async def message_view(session: AsyncSession, send: Send) -> dict[str, Any]:
         "pending": pending,
         "next_check_at": send.next_check_at,
         "last_checked_at": send.last_checked_at,
+        "status_callback": send.status_callback,
     }
 
 
@@ -165,6 +173,14 @@ async def create_message(
         )
     except InvalidMessage as exc:
         raise errors.InvalidParameters(errors=exc.errors) from None
+    status_callback = None
+    if body.status_callback is not None:
+        if not settings.status_callback_secret.get_secret_value():
+            raise invalid(
+                "status_callback",
+                "needs DLR_STATUS_CALLBACK_SECRET (a whsec_ secret) to sign its events",
+            )
+        status_callback = await checked_url(settings, body.status_callback, "status_callback")
     skipped: list[str] = []
     if not body.include_suppressed:
         suppressed = await suppressed_among(session, message.numbers)
@@ -190,7 +206,12 @@ async def create_message(
     first_check = (message.send_at or now) + settings.reconcile_after
     try:
         send = await record_send(
-            session, message, result, created_at=now, next_check_at=first_check
+            session,
+            message,
+            result,
+            created_at=now,
+            next_check_at=first_check,
+            status_callback=status_callback,
         )
         # Committed here rather than by SessionDep after the handler: the gateway has sent
         # the message, so the answer must say whether this service recorded it.

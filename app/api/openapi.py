@@ -18,6 +18,27 @@ LINKS: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {
             "description": "Cancel it (a scheduled send, before it goes out)",
         },
     },
+    ("/v1/subscriptions", "post", "201"): {
+        name: {
+            "operationId": operation,
+            "parameters": {"id": "$response.body#/id"},
+            "description": description,
+        }
+        for name, operation, description in (
+            ("GetSubscription", "read_subscription", "The subscription just made"),
+            ("UpdateSubscription", "update_subscription", "Change it"),
+            ("GetSubscriptionSecret", "read_subscription_secret", "Its signing secret"),
+            ("RotateSubscriptionSecret", "rotate_subscription_secret", "A new secret"),
+            ("DeleteSubscription", "delete_subscription", "Delete it"),
+        )
+    },
+    ("/v1/events", "get", "200"): {
+        "RetryEvent": {
+            "operationId": "retry_event",
+            "parameters": {"id": "$response.body#/items/0/id"},
+            "description": "Send the newest event of the page again",
+        },
+    },
     ("/v1/rejected", "get", "200"): {
         "ReplayRejected": {
             "operationId": "replay_rejected",

@@ -348,6 +348,13 @@ class MessageCreate(BaseModel):
     language: Language | None = Field(
         default=None, description="Default: english for ASCII-only text, else chinese"
     )
+    status_callback: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="A URL that also gets this send's delivery.updated events, signed with "
+        "DLR_STATUS_CALLBACK_SECRET (a 422 while that is unset)",
+        examples=["https://app.example.com/sms-status"],
+    )
     include_suppressed: bool = Field(
         default=False,
         description="Send to suppressed numbers too (see /v1/suppressions); by default they "
@@ -391,6 +398,9 @@ class MessageRead(BaseModel):
         description="When reconciliation asks CheckSMS next; null when it no longer asks"
     )
     last_checked_at: UtcTime | None
+    status_callback: str | None = Field(
+        default=None, description="Where this send's delivery.updated events also go"
+    )
 
 
 class MessageSent(MessageRead):

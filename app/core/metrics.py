@@ -33,6 +33,16 @@ REJECTION_REASONS = (
 )
 UNAVAILABLE_CAUSES = ("database", "saturated", "timeout", "stopping", "quarantine")
 GATEWAY_INTERFACES = ("SendSMS", "SendTimeSMS", "CheckSMS")
+EVENT_TYPES = ("delivery.updated", "callback.rejected")
+EVENT_RESULTS = (
+    "delivered",
+    "http_error",
+    "redirect",
+    "gone",
+    "timeout",
+    "connection_error",
+    "refused",
+)
 SUPPRESSION_SOURCES = ("automatic", "manual")
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
@@ -241,6 +251,38 @@ class Metrics:
             ["interface", "result"],
             registry=r,
         )
+        self.events_created = Counter(
+            "mboxii_dlr_events_created",
+            "Outbound event rows recorded (one per event and destination), by event type.",
+            ["type"],
+            registry=r,
+        )
+        self.event_attempts = Counter(
+            "mboxii_dlr_event_attempts",
+            "Attempts to send an event, by result: delivered, http_error, redirect, gone "
+            "(410), timeout, connection_error, refused (a private address).",
+            ["result"],
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "mboxii_dlr_event_delivery_latency_seconds",
+            "Time from the change an event describes to its successful delivery.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 36000),
+            registry=r,
+        )
+        # Every process reads these two from the database: the largest is the newest.
+        self.events_waiting = Gauge(
+            "mboxii_dlr_events_waiting",
+            "Event rows not yet delivered nor failed (all replicas; refreshed every 5 s).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.events_oldest_age = Gauge(
+            "mboxii_dlr_events_oldest_waiting_seconds",
+            "Age of the oldest event row still waiting (0 when none).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.suppressions = Counter(
             "mboxii_dlr_numbers_suppressed",
             "Numbers suppressed (no more sends to them), by source: automatic (the failure "
@@ -268,6 +310,10 @@ class Metrics:
             self.rejections.labels(reason)
         for cause in UNAVAILABLE_CAUSES:
             self.unavailable.labels(cause)
+        for event_type in EVENT_TYPES:
+            self.events_created.labels(event_type)
+        for result in EVENT_RESULTS:
+            self.event_attempts.labels(result)
         for source in SUPPRESSION_SOURCES:
             self.suppressions.labels(source)
         for interface in GATEWAY_INTERFACES:

@@ -40,6 +40,11 @@ PLACEHOLDERS = frozenset(
 GENERATE_HINT = "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 DEFAULT_DATABASE_URL = "sqlite:///./data/mboxii-dlr.db"
 DEFAULT_MBOXII_BASE_URL = "http://op.mboxii.com/api/"
+# The contract's retry schedule of an outbound event: the waits after each failed attempt.
+DEFAULT_RETRY_SCHEDULE = tuple(
+    dt.timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000)
+)
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 _NUM = r"(\d+(?:\.\d+)?)"
 _DURATION_RE = re.compile(rf"(?:{_NUM}d)?(?:{_NUM}h)?(?:{_NUM}m)?(?:{_NUM}s)?")
 
@@ -147,6 +152,17 @@ class Settings(BaseSettings):
     # Suppress a number once this many of its final deliveries in a row failed (empty: never).
     suppress_after_failures: int | None = Field(default=None, ge=1, le=1_000_000)
 
+    # Outbound events (webhooks): see app.events.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhook_allow_private: bool = False
+    webhook_retry_schedule: Annotated[list[dt.timedelta], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE)
+    )
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    # false: this replica records events but leaves sending them to the others.
+    webhook_dispatch: bool = True
+    status_callback_secret: SecretStr = SecretStr("")
+
     @field_validator("retention_days", "suppress_after_failures", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -186,6 +202,34 @@ class Settings(BaseSettings):
         if value <= dt.timedelta(0):
             raise ValueError("must be a positive duration, e.g. 90 (seconds), 30m, 1h30m or 2d")
         return value
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [parse_duration(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: list[dt.timedelta]) -> list[dt.timedelta]:
+        if not value or len(value) > 50:
+            raise ValueError("give 1 to 50 waits, comma separated (e.g. 5s,5m,30m)")
+        if any(wait <= dt.timedelta(0) for wait in value):
+            raise ValueError("every wait must be a positive duration")
+        return value
+
+    @field_validator("status_callback_secret")
+    @classmethod
+    def _check_status_secret(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value().strip()
+        if secret and webhook_key(secret) is None:
+            raise ValueError(
+                "must be a Standard Webhooks secret: whsec_ followed by base64 of 24 to 64 "
+                "random bytes (python -c 'import base64, secrets; "
+                'print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())\')'
+            )
+        return SecretStr(secret)
 
     @field_validator("mboxii_base_url", "public_url")
     @classmethod
@@ -353,6 +397,7 @@ class Settings(BaseSettings):
             ("DLR_SEND_API_KEYS", [k.get_secret_value() for k in self.send_api_keys]),
             ("DLR_CURSOR_SECRET", [self.cursor_secret.get_secret_value()]),
             ("DLR_MBOXII_CPW", [self.mboxii_cpw.get_secret_value()]),
+            ("DLR_STATUS_CALLBACK_SECRET", [self.status_callback_secret.get_secret_value()]),
         ]
 
     def weak_secrets(self, min_length: int = MIN_SECRET_LENGTH) -> list[tuple[str, str]]:
@@ -382,6 +427,20 @@ class Settings(BaseSettings):
             if name == "database_url" and isinstance(value, str):
                 value = _hide_password(value)
             yield name, value
+
+
+def webhook_key(secret: str) -> bytes | None:
+    """The signing key of a `whsec_` secret (24 to 64 bytes), or None if it is not one."""
+    import base64
+    import binascii
+
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return None
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if 24 <= len(key) <= 64 else None
 
 
 def is_placeholder(value: str) -> bool:

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Delivery, Number, Rejected, Report
+from app.db.models import Delivery, Event, Number, Rejected, Report
 from app.gateway.sends import unreported_since
 from app.read.aggregates import delivery_stats
 from app.read.buckets import Interval, LocalCalendar, from_epoch, to_epoch
@@ -100,6 +100,15 @@ async def quarantine_counts(session: AsyncSession) -> Quarantine:
     stmt = select(func.count(), func.count(Rejected.replayed_at)).select_from(Rejected)
     total, replayed = (await session.execute(stmt)).one()
     return Quarantine(waiting=int(total) - int(replayed), total=int(total))
+
+
+async def event_counts(session: AsyncSession) -> dict[str, int]:
+    """Outbound event rows waiting and failed (each counted through its partial index)."""
+    counts = {}
+    for status in ("pending", "failed"):
+        stmt = select(func.count()).select_from(Event).where(Event.status == status)
+        counts[status] = int((await session.execute(stmt)).scalar_one())
+    return counts
 
 
 def merge_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

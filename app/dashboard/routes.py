@@ -1,4 +1,5 @@
-"""The dashboard's views: overview and live figures, search, delivery, batch and quarantine."""
+"""The dashboard's views: overview and live figures, search, delivery, batch, quarantine and
+outbound events."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from app.dashboard.pages import (
 )
 from app.dashboard.views import delivery_ref, number_url
 from app.db.engine import MAX_ROW_ID
-from app.db.models import Number, Rejected
+from app.db.models import Event, Number, Rejected
+from app.events import subscriptions as events_service
 from app.ingest.errors import CallbackRejected, IngestUnavailable
 from app.ingest.parse import parse_callback
 from app.ingest.quarantine import list_rejected, replay
@@ -41,6 +43,7 @@ SEARCH_LIMIT = 100
 MAX_IDENTIFIER = 64  # no stored msgid or batch ID is longer
 BATCH_LIMIT = 200
 REJECTED_PAGE = 50
+EVENTS_PAGE = 50
 DEFAULT_REFRESH = 10
 
 router = dashboard_router()
@@ -304,3 +307,45 @@ async def replay_request(
         params["ref"] = delivery_ref(state.settings, outcome.report.mobile)
     log.info("dashboard: quarantined request #%d replayed: %s", id, params["result"])
     return redirect("/dashboard/rejected?" + urlencode(params) + f"#rejected-{id}")
+
+
+# ---------------------------------------------------------------- outbound events
+
+
+@router.get("/dashboard/events")
+async def list_outbound_events(
+    request: Request,
+    session: SessionDep,
+    viewer: Viewer,
+    retried: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+) -> HTMLResponse:
+    """Outbound events still waiting and those that failed, each with a retry button."""
+    counts = await data.event_counts(session)
+    waiting = await events_service.list_events(session, EVENTS_PAGE, status="pending")
+    failed = await events_service.list_events(session, EVENTS_PAGE, status="failed")
+    context = {
+        "counts": counts,
+        "waiting": waiting,
+        "failed": failed,
+        "retried": retried,
+        "limit": EVENTS_PAGE,
+    }
+    return page(request, "events.html", context, viewer)
+
+
+@router.post("/dashboard/events/{id}/retry")
+async def retry_outbound_event(
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    viewer: Viewer,
+    id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)],
+) -> RedirectResponse:
+    """Send an event to its destination again now; its attempts start over."""
+    await checked_form(request, viewer)
+    if await session.get(Event, id) is None:
+        raise PageError(404, "No such event", f"No outbound event #{id}.")
+    await events_service.retry_event(session, id)
+    state.dispatcher.wake()
+    log.info("dashboard: outbound event #%d sent again", id)
+    return redirect(f"/dashboard/events?retried={id}")

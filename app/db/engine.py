@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def create_engine(
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=echo,
         pool_size=pool_size,
@@ -120,6 +121,19 @@ def create_engine(
             **({} if prepared_statements else UNPREPARED),
         },
     )
+    if not prepared_statements:
+        _UNPREPARED_ENGINES.add(engine.sync_engine)
+    return engine
+
+
+# Engines made without prepared statements, for the connections opened beside their pools.
+_UNPREPARED_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def prepares_statements(engine: AsyncEngine) -> bool:
+    """Whether connections to `engine`'s database may keep named prepared statements (see
+    create_engine): a connection opened outside its pool must follow the same rule."""
+    return engine.sync_engine not in _UNPREPARED_ENGINES
 
 
 # asyncpg's own cache (the ingest store's statements), SQLAlchemy's, and the names of what

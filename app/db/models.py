@@ -1,4 +1,5 @@
-"""ORM tables: reports, current state per delivery, numbers, the quarantine, and our own sends."""
+"""ORM tables: reports, current state per delivery, numbers, the quarantine, our own sends,
+and the outbound events with their subscriptions."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 class Report(Base):
     """One callback as received: never updated, never stored twice.
 
-    On PostgreSQL the table is partitioned by month of done_at (migration 0010,
+    On PostgreSQL the table is partitioned by month of done_at (migration 0011,
     app.db.partitions), and its primary key is (id, done_at): a partitioned table's unique
     keys must hold the partition key. SQLite keeps one table."""
 
@@ -243,6 +244,9 @@ class Send(Base):
     checks: Mapped[int] = mapped_column(Integer, default=0)
     check_errors: Mapped[int] = mapped_column(Integer, default=0)
     last_check_result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Where this send's delivery.updated events also go (signed with
+    # DLR_STATUS_CALLBACK_SECRET); NULL for none.
+    status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class SendNumber(Base):
@@ -300,6 +304,82 @@ class RevokedSession(Base):
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Subscription(Base):
+    """A destination of outbound events: a URL, which event types, which deliveries."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    # Event types to send (NULL: all), and {"outcome": [...], "status": [...], "batch_id"}
+    # limiting delivery.updated (NULL: every delivery).
+    event_types: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    # Why it was disabled (by PATCH, or by the receiver answering 410 Gone)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The signing secret (whsec_...); after a rotation the old one signs beside it until
+    # previous_secret_until.
+    secret: Mapped[str] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    previous_secret_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    """One event to one destination (a subscription, or a send's status_callback): the
+    outbox row the dispatcher sends, and its delivery record. The event itself (event_id,
+    the webhook-id; type; payload) is repeated for each destination it goes to.
+
+    A pending row is due at next_attempt_at; a dispatcher claims it by setting locked_until
+    to the end of its attempt (a lease: should the process die, the row is due again when it
+    runs out). locked_until is in no index, so on PostgreSQL the claim's update is a HOT
+    update (the fillfactor leaves it room on the page) and writes no index entry."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        # What the dispatchers claim: only pending rows, the due ones first.
+        Index(
+            "ix_events_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # Failed rows are few, and the ones an operator looks for.
+        Index(
+            "ix_events_failed",
+            "id",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
+        Index("ix_events_subscription_id_id", "subscription_id", "id"),
+        {"postgresql_with": {"fillfactor": 80}},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # The request body as sent, byte for byte on every attempt
+    payload: Mapped[str] = mapped_column(Text)
+    # NULL for a send's status_callback (which signs with DLR_STATUS_CALLBACK_SECRET)
+    subscription_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    url: Mapped[str] = mapped_column(Text)
+    # scheme://host:port of url: the receiver whose concurrency limit this row counts against
+    origin: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Job(Base):

@@ -73,7 +73,7 @@ def _bound(value: str) -> dt.datetime:
 
 
 async def is_partitioned(connection: AsyncConnection) -> bool:
-    """Whether `reports` is a partitioned table (PostgreSQL after migration 0010)."""
+    """Whether `reports` is a partitioned table (PostgreSQL after migration 0011)."""
     if connection.dialect.name != "postgresql":
         return False
     kind = await connection.scalar(

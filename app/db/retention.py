@@ -1,12 +1,12 @@
 """Retention: delete old deliveries with all their reports (and what their numbers' summaries
-counted of them), old sends and quarantine rows.
+counted of them), old sends and quarantine rows, and delivered outbound events.
 
 With `reports` partitioned by month (PostgreSQL), whole months go instead: the deliveries
 done before the first day of the cutoff's month are deleted in batches through the done_at
 index, then the month partitions before that day are dropped (app.db.partitions); a report
 is never deleted row by row there, except the few in the default partition (odd dates).
 Retention then works in whole months: what goes is kept up to a month longer than
-DLR_RETENTION_DAYS says. Elsewhere (SQLite, or PostgreSQL before migration 0010) deliveries
+DLR_RETENTION_DAYS says. Elsewhere (SQLite, or PostgreSQL before migration 0011) deliveries
 last heard of before the cutoff are deleted with their reports."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import partitions
 from app.db.jobs import JobRunner
-from app.db.models import Delivery, Rejected, Report, Send, SendNumber
+from app.db.models import Delivery, Event, Rejected, Report, Send, SendNumber
 from app.db.numbers import refresh as refresh_numbers
 
 log = logging.getLogger("mboxii_dlr.retention")
@@ -46,6 +46,7 @@ REPORTS = cast(Table, Report.__table__)
 REJECTED = cast(Table, Rejected.__table__)
 SENDS = cast(Table, Send.__table__)
 SEND_NUMBERS = cast(Table, SendNumber.__table__)
+EVENTS = cast(Table, Event.__table__)
 
 CLI_BATCH = 5000
 # The running service purges beside ingest: small transactions, so a callback that needs
@@ -63,6 +64,7 @@ class PurgeResult:
     reports: int = 0
     rejected: int = 0
     sends: int = 0
+    events: int = 0
     #: month partitions of reports dropped whole, and their rows by the planner's statistics
     partitions: int = 0
     partition_reports: int = 0
@@ -70,7 +72,8 @@ class PurgeResult:
     def describe(self) -> str:
         text = (
             f"{self.deliveries} deliveries, {self.reports} reports, "
-            f"{self.rejected} quarantined requests, {self.sends} sends"
+            f"{self.rejected} quarantined requests, {self.sends} sends, "
+            f"{self.events} delivered events"
         )
         if self.partitions:
             text += (
@@ -95,7 +98,9 @@ async def purge(
     """Delete every delivery last heard of before `cutoff` together with its reports (with
     monthly partitions: done before the cutoff's month, and whole months of reports), then
     the quarantine rows last seen before it, then the sends made and due before it (with
-    their numbers); each batch is one transaction."""
+    their numbers), then the events delivered that were created before it (pending and
+    failed ones stay: they still have to be sent, or looked at); each batch is one
+    transaction."""
     result = PurgeResult()
     async with engine.connect() as connection:
         partitioned = await partitions.is_partitioned(connection)
@@ -243,6 +248,20 @@ async def _purge_rest(
     )
     await _delete_by_id(engine, SENDS.c.id, done, delete_sends, batch_size, pause, sends_gone)
 
+    async def delete_events(connection: AsyncConnection, ids: Sequence[int]) -> int:
+        stmt = delete(EVENTS).where(EVENTS.c.id.in_(ids), EVENTS.c.status == "delivered")
+        return (await connection.execute(stmt)).rowcount
+
+    def events_gone(n: int) -> None:
+        result.events += n
+        if progress is not None:
+            progress(result)
+
+    old_delivered = and_(EVENTS.c.status == "delivered", EVENTS.c.created_at < cutoff)
+    await _delete_by_id(
+        engine, EVENTS.c.id, old_delivered, delete_events, batch_size, pause, events_gone
+    )
+
 
 async def _delete_by_id(
     engine: AsyncEngine,
@@ -376,7 +395,7 @@ async def purge_in_background(engine: AsyncEngine, days: float) -> PurgeResult:
     except Exception as exc:  # the database may be away; the next round tries again
         log.warning("retention purge failed (%s)", exc.__class__.__name__)
         raise
-    if result.deliveries or result.rejected or result.sends or result.partitions:
+    if result.deliveries or result.rejected or result.sends or result.events or result.partitions:
         log.info("retention: deleted %s older than %s", result.describe(), cutoff.isoformat())
     return result
 

@@ -25,6 +25,7 @@ async def record_send(
     *,
     created_at: dt.datetime,
     next_check_at: dt.datetime,
+    status_callback: str | None = None,
 ) -> Send:
     """Store a send the gateway accepted, with its numbers, in the caller's transaction."""
     stmt = (
@@ -40,6 +41,7 @@ async def record_send(
             next_check_at=next_check_at,
             checks=0,
             check_errors=0,
+            status_callback=status_callback,
         )
         .on_conflict_do_nothing(index_elements=["batch_id", "type"])
         .returning(Send.__table__.c.id)

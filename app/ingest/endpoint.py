@@ -156,7 +156,9 @@ class CallbackEndpoint:
         try:
             # The endpoint owns this transaction: the row is committed before the answer.
             async with self.state.sessionmaker.begin() as session:
-                rejected_id = await quarantine(session, raw, reason, errors, received_at)
+                rejected_id = await quarantine(
+                    session, raw, reason, errors, received_at, self.state.outbox
+                )
         except Exception as exc:
             log.error("quarantine unreachable (%s); answering 503", exc.__class__.__name__)
             self.state.metrics.unavailable.labels("quarantine").inc()

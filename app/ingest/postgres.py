@@ -28,7 +28,7 @@ from app.ingest.statements import (
     delivery_upsert,
     returned_columns,
 )
-from app.ingest.store import BatchEffect, run_after_commit
+from app.ingest.store import BatchEffect, PreparedEffect, run_after_commit
 
 
 def _unnest_insert(table: Any, columns: tuple[str, ...]) -> Any:
@@ -141,6 +141,9 @@ class PostgresStore:
     async def _attempt(
         self, batch: Sequence[Arrival], after: asyncio.Event | None, ran: asyncio.Event, kept: bool
     ) -> StoreResult:
+        for effect in self.effects:
+            if isinstance(effect, PreparedEffect):
+                effect.prepare_postgres(batch)
         if kept:
             connection, raw = self._idle.pop()
         else:

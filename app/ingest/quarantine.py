@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
@@ -37,6 +37,19 @@ class RawRequest:
     body: bytes
 
 
+class QuarantineEffect(Protocol):
+    """Work that commits with a request's first quarantine (its callback.rejected event)."""
+
+    async def record_rejected(
+        self,
+        connection: Any,
+        rejected_id: int,
+        reason: str,
+        errors: Sequence[dict[str, Any]],
+        received_at: dt.datetime,
+    ) -> None: ...
+
+
 def fingerprint(request: RawRequest) -> bytes:
     digest = hashlib.sha256()
     for part in (request.method, request.query, request.content_type):
@@ -52,9 +65,11 @@ async def quarantine(
     reason: str,
     errors: list[dict[str, Any]],
     received_at: dt.datetime,
+    effect: QuarantineEffect | None = None,
 ) -> int:
     """Store a rejected request (or count one more copy of it) in the caller's transaction;
-    return its id."""
+    return its id. `effect` runs in that transaction when this is the request's first
+    occurrence."""
     ins = insert_for(session.get_bind().dialect, REJECTED)
     stmt = ins.on_conflict_do_update(
         index_elements=[REJECTED.c.fingerprint],
@@ -63,7 +78,7 @@ async def quarantine(
             "last_seen_at": ins.excluded.last_seen_at,
             "source_address": ins.excluded.source_address,
         },
-    ).returning(REJECTED.c.id)
+    ).returning(REJECTED.c.id, REJECTED.c.count)
     result = await session.execute(
         stmt,
         {
@@ -80,7 +95,10 @@ async def quarantine(
             "body": request.body,
         },
     )
-    return int(result.scalar_one())
+    rejected_id, count = result.one()
+    if effect is not None and count == 1:
+        await effect.record_rejected(session, rejected_id, reason, errors, received_at)
+    return int(rejected_id)
 
 
 async def list_rejected(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from app.ingest.fold import Arrival, DeliveryChange, StoreResult
 
@@ -38,6 +38,16 @@ class BatchEffect(Protocol):
         self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
     ) -> AfterCommit | None:
         """On SQLite, in the store's thread: `connection` is the batch's sqlite3 connection."""
+
+
+@runtime_checkable
+class PreparedEffect(Protocol):
+    """A BatchEffect with work to start before the batch's transaction on PostgreSQL: the
+    store calls prepare_postgres(batch) as it begins storing the batch, in the task that
+    then calls apply_postgres for it (so a ContextVar carries what it started), and what
+    runs meanwhile on other connections costs the batch no round trip of its own."""
+
+    def prepare_postgres(self, batch: Sequence[Arrival]) -> None: ...
 
 
 class BatchStore(Protocol):

@@ -5,8 +5,8 @@ process that claims the row runs the job, renews its lease while it runs, and se
 run when done. `rate_slots` holds one row per rate limit that holds for the whole deployment
 (CheckSMS calls per gateway account): each caller takes the next free slot in one UPDATE.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-30
 """
 
@@ -17,8 +17,8 @@ from alembic import op
 
 from app.db.engine import UTCDateTime
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -17,8 +17,8 @@ last step blocks ingest (callbacks wait for it, up to DLR_INGEST_TIMEOUT_SECONDS
 
 SQLite keeps one table; only its unique key changes (a table rebuild, like migration 0005).
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-30
 """
 
@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.engine import Connection
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

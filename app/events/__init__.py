@@ -1,0 +1,1 @@
+"""Outbound events: the outbox written with each change, subscriptions, and the dispatcher."""
