@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,14 +27,44 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server (uvicorn)."""
-    import uvicorn
-
-    from app.web.protocol import deadline_protocol
-
     if args.migrate or settings.migrate_on_start:
         failed = cmd_migrate(args, settings)
         if failed:
             return failed
+    workers = args.workers or settings.workers
+    with shared_metrics(workers):
+        run_uvicorn(args, settings, workers)
+    return 0
+
+
+@contextlib.contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory where each writes its metrics, so that any of
+    them answers /metrics for all (app.core.metrics); removed when the server stops. It must
+    be in the environment before the workers start: prometheus-client reads it on import."""
+    if workers < 2:
+        yield
+        return
+    from app.core.metrics import MULTIPROCESS_DIR
+
+    directory = tempfile.mkdtemp(prefix="mboxii-dlr-metrics-")
+    previous = os.environ.get(MULTIPROCESS_DIR)
+    os.environ[MULTIPROCESS_DIR] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+        else:
+            os.environ[MULTIPROCESS_DIR] = previous
+
+
+def run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> None:
+    import uvicorn
+
+    from app.web.protocol import deadline_protocol
+
     uvicorn.run(
         "app.main:app",
         # Closes connections that do not deliver their request in time (uvicorn alone waits
@@ -38,7 +72,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         http=deadline_protocol(settings.header_timeout_seconds),
         host=args.host or settings.host,
         port=args.port or settings.port,
-        workers=args.workers or settings.workers,
+        workers=workers,
         # DLR_TRUSTED_PROXIES alone decides whom to believe about client addresses.
         proxy_headers=False,
         forwarded_allow_ips="",
@@ -52,7 +86,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,7 +94,11 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.db.migrate import describe_error, upgrade
 
     try:
-        upgrade(settings.database_url, getattr(args, "revision", None) or "head")
+        upgrade(
+            settings.database_url,
+            getattr(args, "revision", None) or "head",
+            prepared_statements=settings.db_prepared_statements,
+        )
     except (OSError, SQLAlchemyError) as exc:
         print(
             f"mboxii-dlr: cannot migrate the database {shown_url(settings.database_url)}: "
@@ -92,7 +129,9 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
         print(f"deleted so far: {result.describe()}", flush=True)
 
     async def run() -> PurgeResult:
-        engine = create_engine(settings.database_url, pool_size=1)
+        engine = create_engine(
+            settings.database_url, pool_size=1, prepared_statements=settings.db_prepared_statements
+        )
         try:
             return await purge(engine, cutoff, batch_size=args.batch_size, progress=progress)
         finally:
@@ -169,7 +208,9 @@ async def _reconcile_once(settings: Settings, *, everything: bool) -> object:
     async with open_storage(settings, Metrics()) as storage:
         client = MboxiiClient.from_settings(settings)
         try:
-            reconciler = Reconciler(settings, storage.sessionmaker, storage.writer, client)
+            reconciler = Reconciler(
+                settings, storage.engine, storage.sessionmaker, storage.writer, client
+            )
             return await reconciler.run_once(everything=everything)
         finally:
             await client.aclose()

@@ -45,12 +45,14 @@ from app.dashboard.data import OverviewCache
 from app.db.engine import shown_url
 from app.db.migrate import schema_problem
 from app.db.numbers import suppress_reached
-from app.db.retention import purge_periodically
+from app.db.partitions import maintain_periodically
+from app.db.retention import retention_job
 from app.db.throttle import KeyThrottle
 from app.events.dispatcher import Dispatcher
 from app.gateway import MboxiiClient
 from app.gateway.reconcile import Reconciler
 from app.ingest.endpoint import CallbackEndpoint
+from app.read.backlog import observe_pending
 from app.state import AppState, open_storage
 from app.web.headers import SecurityHeadersMiddleware, page_csp
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -60,6 +62,9 @@ log = logging.getLogger("mboxii_dlr")
 
 DOCS_ASSETS = "/docs/assets"
 SWAGGER_UI_FILES = str(resources.files("fastapi_offline") / "static")
+
+# How often each process checks that the months ahead have their partitions of reports.
+PARTITIONS_INTERVAL = 24 * 3600.0
 
 # Request bodies of the API and the dashboard (the largest, POST /v1/messages, is a few KiB).
 API_MAX_BODY_BYTES = 64 * 1024
@@ -127,6 +132,7 @@ def create_app(
             # Each worker process builds its app here, so these hold for every worker.
             stack.callback(redact.install(settings.secret_values))
             stack.callback(install_overload_answer(settings.retry_after_seconds))
+            stack.callback(metrics.close)
             warn_about_secrets(settings)
             state.storage = await stack.enter_async_context(open_storage(settings, metrics))
             state.key_throttle = KeyThrottle(state.engine)
@@ -148,19 +154,34 @@ def create_app(
                 )
                 stack.push_async_callback(gateway.aclose)
                 warn_about_plain_http(settings)
-                reconciler = Reconciler(settings, state.sessionmaker, state.writer, gateway)
+                reconciler = Reconciler(
+                    settings, state.engine, state.sessionmaker, state.writer, gateway
+                )
                 reconciler.start()
                 stack.push_async_callback(reconciler.stop)
                 state.gateway, state.reconciler = gateway, reconciler
+            if state.engine.dialect.name == "postgresql":
+                # Every process keeps the months ahead created (each check is one query
+                # under a lock; the first to find a month missing creates it).
+                months = asyncio.create_task(
+                    maintain_periodically(state.engine, PARTITIONS_INTERVAL),
+                    name="mboxii-dlr-partitions",
+                )
+                stack.push_async_callback(cancel_and_wait, months)
+            backlog = asyncio.create_task(
+                observe_pending(state.engine, metrics), name="mboxii-dlr-backlog"
+            )
+            stack.push_async_callback(cancel_and_wait, backlog)
             if settings.retention_days:
                 interval = settings.retention_interval_seconds
+                # Every process offers; one per interval, across the deployment, runs it.
                 purger = asyncio.create_task(
-                    purge_periodically(
+                    retention_job(
                         state.engine,
                         settings.retention_days,
                         interval,
                         first_delay=min(30.0, interval),
-                    ),
+                    ).run_forever(),
                     name="mboxii-dlr-retention",
                 )
                 stack.push_async_callback(cancel_and_wait, purger)

@@ -51,7 +51,11 @@ async def open_storage(
     on leaving, the writer commits what it holds and the engine closes its connections.
     Every batch records its outbound events (the outbox is the writer's effect), whichever
     path stores it: callbacks, replays, reconciliation."""
-    engine = create_engine(settings.database_url, pool_size=pool_size or settings.db_pool_size)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=pool_size or settings.db_pool_size,
+        prepared_statements=settings.db_prepared_statements,
+    )
     outbox = EventOutbox(metrics, engine if engine.dialect.name == "postgresql" else None)
     try:
         writer = Writer(

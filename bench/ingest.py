@@ -235,13 +235,27 @@ def bench_one(
     return result
 
 
+# reports unpartitioned again, with the same columns, keys and indexes as the partitioned one
+ONE_TABLE = """
+DO $$ BEGIN
+CREATE TABLE reports_one (LIKE reports INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER SEQUENCE reports_id_seq OWNED BY reports_one.id;
+DROP TABLE reports;
+ALTER TABLE reports_one RENAME TO reports;
+ALTER TABLE reports ADD CONSTRAINT pk_reports PRIMARY KEY (id, done_at);
+ALTER TABLE reports ADD CONSTRAINT uq_reports_msgid_report_key_done_at
+    UNIQUE (msgid, report_key, done_at);
+CREATE INDEX ix_reports_batch_id_type_msgid_mobile ON reports (batch_id, type, msgid, mobile);
+END $$;
+"""
+
+
 def migrate(database_url: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
         cwd=ROOT,
         check=True,
-        env={**os.environ, "DLR_DATABASE_URL": database_url},
-        stderr=subprocess.DEVNULL,
+        env={**os.environ, "DLR_DATABASE_URL": database_url, "DLR_LOG_LEVEL": "warning"},
     )
 
 
@@ -252,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
-        "--only", nargs="*", default=["noop", "naive", "service-pg", "service-sqlite"]
+        "--only",
+        nargs="*",
+        default=["noop", "naive", "service-pg", "service-pg-one-table", "service-sqlite"],
     )
     args = parser.parse_args(argv)
 
@@ -271,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "service-pg":
             url = pg_database("mboxii_bench_service")
             migrate(url)
+            results[name] = bench_one(
+                name, "app.main:app", {**quiet, "DLR_DATABASE_URL": url}, args, url
+            )
+        elif name == "service-pg-one-table":
+            # The same schema with reports as one table: what the partitions cost ingest.
+            url = pg_database("mboxii_bench_one_table")
+            migrate(url)
+            asyncio.run(_pg(ONE_TABLE, database="mboxii_bench_one_table"))
             results[name] = bench_one(
                 name, "app.main:app", {**quiet, "DLR_DATABASE_URL": url}, args, url
             )
@@ -310,6 +334,13 @@ def print_table(results: dict[str, Result], args: argparse.Namespace) -> None:
                 f"{name} / noop = {ratio:.2f}x (target >= {target}x): "
                 f"{'met' if ratio >= target else 'NOT met'}"
             )
+    r, one = results.get("service-pg"), results.get("service-pg-one-table")
+    if r and one and one.rps:
+        ratio = r.rps / one.rps
+        print(
+            f"service-pg (partitioned) / service-pg-one-table = {ratio:.2f}x (target >= 0.95x): "
+            f"{'met' if ratio >= 0.95 else 'NOT met'}"
+        )
     r = results.get("service-pg")
     if r and naive and naive.rps:
         ratio = r.rps / naive.rps

@@ -2,15 +2,18 @@
 
 Deliveries i = 1..D get one final report each, and every fourth also an earlier ENROUTE
 report, so N = 1.25 D. Batches hold 80 numbers; 1,000,000 distinct mobiles; done_at spreads
-over the 35 days before now; status words follow a plausible mix (85% DELIVRD). The numbers'
-summaries are then built from the deliveries with check-numbers' own recount (their insert
-trigger is off meanwhile).
+over the 35 days before now (--days); status words follow a plausible mix (85% DELIVRD). The
+numbers' summaries are then built from the deliveries with check-numbers' own recount (their
+insert trigger is off meanwhile). When reports is partitioned by month, the months the seed
+spans are created first (the migration made only the current month and those ahead), so no
+row lands in the default partition.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import time
 
 import asyncpg
@@ -29,7 +32,7 @@ SELECT i,
        (i / 80)::text AS batch_id,
        '+8869' || lpad(((i::bigint * 7919) % 1000000)::text, 8, '0') AS mobile,
        CASE WHEN (i / 80) % 10 = 0 THEN 'scheduled' ELSE 'now' END AS type,
-       now() - make_interval(secs => (35 * 86400.0) * (1 - i::float8 / $1)) AS done_at,
+       now() - make_interval(secs => ($4::float8 * 86400.0) * (1 - i::float8 / $1)) AS done_at,
        {WORDS} AS status
 FROM (SELECT i, (i::bigint * 2654435761 % 100)::int AS h
       FROM generate_series($2::int, $3::int) AS i) AS g
@@ -39,8 +42,26 @@ OUTCOME = """CASE WHEN status = 'DELIVRD' OR status = 'ACCEPTD' THEN 'delivered'
   WHEN status = 'ENROUTE' THEN 'pending' ELSE 'failed' END"""
 
 
-async def seed(dsn: str, reports: int, chunk: int) -> None:
+async def create_months(dsn: str, days: float) -> None:
+    """The month partitions of the span, where reports is partitioned."""
+    from app.db import partitions
+    from app.db.engine import create_engine
+
+    engine = create_engine(dsn, pool_size=1)
+    try:
+        now = dt.datetime.now(dt.UTC)
+        first = partitions.month_start(now - dt.timedelta(days=days))
+        months = (now.year - first.year) * 12 + now.month - first.month
+        created = await partitions.ensure_partitions(engine, now=first, months_ahead=months)
+        if created:
+            print(f"  created partitions {', '.join(created)}", flush=True)
+    finally:
+        await engine.dispose()
+
+
+async def seed(dsn: str, reports: int, chunk: int, days: float = 35.0) -> None:
     deliveries = reports * 4 // 5
+    await create_months(dsn, days)
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("TRUNCATE reports, deliveries, numbers RESTART IDENTITY")
@@ -65,6 +86,7 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                     deliveries,
                     lo,
                     hi,
+                    days,
                 )
                 await conn.execute(
                     f"""
@@ -79,6 +101,7 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                     deliveries,
                     lo,
                     hi,
+                    days,
                 )
                 await conn.execute(
                     f"""
@@ -95,6 +118,7 @@ async def seed(dsn: str, reports: int, chunk: int) -> None:
                     deliveries,
                     lo,
                     hi,
+                    days,
                 )
             done = hi * 5 // 4
             rate = done / (time.monotonic() - started)
@@ -122,8 +146,9 @@ def main() -> None:
     parser.add_argument("dsn", help="postgresql://... of a migrated database (it is emptied)")
     parser.add_argument("--reports", type=int, default=10_000_000)
     parser.add_argument("--chunk", type=int, default=500_000, help="deliveries per transaction")
+    parser.add_argument("--days", type=float, default=35.0, help="span of done_at, up to now")
     args = parser.parse_args()
-    asyncio.run(seed(args.dsn, args.reports, args.chunk))
+    asyncio.run(seed(args.dsn, args.reports, args.chunk, args.days))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 from app.core.settings import get_settings
 from app.db import models  # noqa: F401 - registers the tables on Base.metadata
 from app.db.engine import Base, create_engine
+from app.db.migrate import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -25,13 +26,18 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
 
 
 async def _run_async() -> None:
-    engine = create_engine(_database_url(), pool_size=1)
+    engine = create_engine(
+        _database_url(),
+        pool_size=1,
+        prepared_statements=config.attributes.get("prepared_statements", True),
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import heapq
@@ -116,6 +117,9 @@ class GatewaySimulator:
         self._inflight: set[asyncio.Task[None]] = set()
         self._callback_transport = callback_transport
         self._http: httpx.AsyncClient | None = None
+        #: every CheckSMS request answered: (epoch seconds, the ID asked about), for tests and
+        #: benchmarks that measure a deployment's rate of checks
+        self.checks: list[tuple[float, str]] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -406,6 +410,7 @@ class GatewaySimulator:
     async def check_sms(self, request: Request) -> Response:
         """CheckSMS.php: the state of every number of a send."""
         fields = await self.fields_of(request)
+        self.checks.append((self.clock(), fields.get("ID", "").strip()))
         if (forced := self.forced("CheckSMS")) is not None:
             return forced
         if not self.authenticated(fields):
@@ -421,6 +426,19 @@ class GatewaySimulator:
         if send.send_time > now:
             return self.answer("24")
         return self.check_answer(send, now)
+
+    async def show_checks(self, request: Request) -> Response:
+        """CheckSMS requests counted per whole second (epoch), the most in any second, and
+        each request's time and ID: what a rate limit in front of the gateway let through."""
+        per_second = collections.Counter(int(at) for at, _ in self.checks)
+        return JSONResponse(
+            {
+                "total": len(self.checks),
+                "per_second": {str(second): n for second, n in sorted(per_second.items())},
+                "max_per_second": max(per_second.values(), default=0),
+                "calls": [{"at": at, "id": batch_id} for at, batch_id in self.checks],
+            }
+        )
 
     async def show_sends(self, request: Request) -> Response:
         """The simulator's truth, for tests and the curious: every send and message."""
@@ -475,6 +493,7 @@ def create_simulator(
             Route("/api/SendTimeSMS.php", sim.send_time_sms, methods=methods),
             Route("/api/CheckSMS.php", sim.check_sms, methods=methods),
             Route("/simulator/sends", sim.show_sends, methods=["GET"]),
+            Route("/simulator/checks", sim.show_checks, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -32,10 +32,11 @@ def test_ingest_benchmark_runs_and_finds_every_acknowledged_report(postgres_url:
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    for name in ("noop", "naive", "service-pg", "service-sqlite"):
+    for name in ("noop", "naive", "service-pg", "service-pg-one-table", "service-sqlite"):
         assert f"| {name} |" in out.stdout
-    assert out.stdout.count("acknowledged: OK") == 3
+    assert out.stdout.count("acknowledged: OK") == 4
     assert "service-pg / noop" in out.stdout
+    assert "service-pg (partitioned) / service-pg-one-table" in out.stdout
 
 
 def test_read_benchmark_runs_on_a_small_seed(postgres_url: str) -> None:

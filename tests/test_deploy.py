@@ -244,16 +244,26 @@ async def test_dashboard_queries_use_only_metrics_the_app_exports(
         assert (await client.get("/v1/deliveries/208217564")).status_code == 200
         text = (await client.get("/metrics")).text
 
+    queries = dashboard_queries()
+    assert queries
+    assert_queries_read_exported_metrics(queries, text)
+
+
+def assert_queries_read_exported_metrics(
+    queries: list[str], text: str, not_yet: frozenset[str] = frozenset()
+) -> None:
+    """Every metric, label and enum label value the PromQL `queries` name is in the
+    exposition `text` (`not_yet`: metrics of features still to come, left out)."""
     samples: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append(sample.labels)
 
-    queries = dashboard_queries()
-    assert queries
     for query in queries:
         names_in_query: list[str] = []
         for name, matchers in _SELECTOR.findall(query):
+            if name in not_yet:
+                continue
             assert name in samples, f"{name} (in {query!r}) is not in /metrics"
             names_in_query.append(name)
             for label, op, value in _MATCHER.findall(matchers):

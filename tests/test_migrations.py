@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
 from app.db.engine import Base, create_engine
-from app.db.migrate import current_revision, head_revision, upgrade
+from app.db.migrate import current_revision, head_revision, include_name, upgrade
 from tests.conftest import ROOT
 
 
@@ -26,7 +26,9 @@ def _diff(database_url: str) -> list[object]:
             async with engine.connect() as conn:
                 return await conn.run_sync(
                     lambda sync: compare_metadata(
-                        MigrationContext.configure(sync, opts={"compare_type": True}),
+                        MigrationContext.configure(
+                            sync, opts={"compare_type": True, "include_name": include_name}
+                        ),
                         Base.metadata,
                     )
                 )

@@ -313,7 +313,13 @@ async def test_checks_are_spaced_evenly_at_the_rate(database_url: str) -> None:
         await make_due(app)
         assert (await app.app_state.reconciler.run_once()).checked == 5
     gaps = [b - a for a, b in itertools.pairwise(asked_at)]
-    assert len(gaps) == 4 and min(gaps) > 0.04, gaps
+    assert len(gaps) == 4, gaps
+    # The slots are 50 ms apart on one schedule shared by every process (app.db.rates); a
+    # caller that wakes late does not push the next one back, so on a busy machine one gap
+    # may be shorter by that lateness, but the five calls take their four slots' time and
+    # none come together.
+    assert asked_at[-1] - asked_at[0] > 4 * 0.05 * 0.9, gaps
+    assert min(gaps) > 0.02, gaps
 
 
 async def test_the_background_task_reconciles_on_its_own(database_url: str) -> None:

@@ -76,7 +76,7 @@ async def test_a_request_commits_once_it_succeeds_and_rolls_back_when_it_fails(
             assert await find_sends(session, "K2") == []
 
 
-async def test_reconciling_a_send_takes_two_short_transactions(database_url: str) -> None:
+async def test_reconciling_a_send_takes_three_short_transactions(database_url: str) -> None:
     gateway = FakeGateway()
     async with service(database_url, gateway) as (app, client, _):
         batch = (
@@ -98,8 +98,9 @@ async def test_reconciling_a_send_takes_two_short_transactions(database_url: str
         finally:
             event.remove(engine, "begin", began)
         assert result.checked == 1
-        # the pass's listing, then per send: the claim and the record of the check
-        assert len(transactions) == 3
+        # the pass's listing (with a look at the account's pause), then per send: the claim,
+        # its slot of the account's rate (app.db.rates) and the record of the check
+        assert len(transactions) == 4
         async with app.app_state.sessionmaker() as session:
             stored = await session.scalar(select(Send).where(Send.batch_id == batch))
             assert stored is not None

@@ -1,6 +1,13 @@
-"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps),
+or of every worker process of `mboxii-dlr serve` together (prometheus-client's multiprocess
+mode, when PROMETHEUS_MULTIPROC_DIR is set)."""
 
 from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -9,7 +16,10 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     disable_created_metrics,
+    multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from app.core.statuses import KNOWN_WORDS, classify
 
@@ -22,6 +32,7 @@ REJECTION_REASONS = (
     "storage_refused",
 )
 UNAVAILABLE_CAUSES = ("database", "saturated", "timeout", "stopping", "quarantine")
+GATEWAY_INTERFACES = ("SendSMS", "SendTimeSMS", "CheckSMS")
 EVENT_TYPES = ("delivery.updated", "callback.rejected")
 EVENT_RESULTS = (
     "delivered",
@@ -36,6 +47,78 @@ SUPPRESSION_SOURCES = ("automatic", "manual")
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+#: Set by `mboxii-dlr serve` for its workers (app.cli); read by prometheus-client when it is
+#: first imported, which is why serve sets it before the workers start.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+# The multiprocess files end in the pid of the worker that wrote them.
+_PID_FILE = re.compile(r".*_(\d+)\.db")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROCESS_DIR) or None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class WorkerProcesses(Collector):
+    """process_* over every live worker: CPU seconds, memory and open files summed (what the
+    container uses), the start time of the oldest, the lowest file limit.
+
+    It also forgets the live gauges of workers that are gone (a worker uvicorn restarted after
+    a crash): their last queue depth would otherwise be added forever."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def _pids(self) -> set[int]:
+        pids = set()
+        for path in self.directory.glob("*.db"):
+            match = _PID_FILE.fullmatch(path.name)
+            if match:
+                pids.add(int(match[1]))
+        return pids
+
+    def live_pids(self) -> list[int]:
+        """The workers running now; what the others left in live gauges is dropped."""
+        live = []
+        for pid in sorted(self._pids()):
+            if _alive(pid):
+                live.append(pid)
+            else:
+                multiprocess.mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
+        return live
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        totals: dict[str, float] = {}
+        for pid in self.live_pids():
+            for family in ProcessCollector(pid=_constant(pid), registry=None).collect():
+                families.setdefault(family.name, family)
+                for sample in family.samples:
+                    if sample.name not in totals:
+                        totals[sample.name] = sample.value
+                    elif sample.name.endswith(("start_time_seconds", "max_fds")):
+                        totals[sample.name] = min(totals[sample.name], sample.value)
+                    else:
+                        totals[sample.name] += sample.value
+        for family in families.values():
+            family.samples = [s._replace(value=totals[s.name]) for s in family.samples]
+        return list(families.values())
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
 
 
 def status_label(status: str) -> str:
@@ -56,8 +139,19 @@ class Metrics:
     template (`/callbacks/mboxii/{token}`, `unmatched`), never by the raw path."""
 
     def __init__(self) -> None:
+        #: what /metrics exports
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self.directory = multiprocess_dir()
+        r: CollectorRegistry | None = self.registry
+        if self.directory is not None:
+            # Each worker writes its values into files of the directory; a scrape, whichever
+            # worker answers it, reads and adds up all of them. The metrics themselves then
+            # belong to no registry.
+            workers = WorkerProcesses(self.directory)
+            workers.live_pids()  # forget the live gauges of workers that died
+            self.registry.register(workers)
+            multiprocess.MultiProcessCollector(self.registry, path=self.directory)  # type: ignore[no-untyped-call]
+            r = None
         self.reports = Counter(
             "mboxii_dlr_reports_received",
             "New reports stored, by outcome and status word (OTHER for undocumented words).",
@@ -96,15 +190,34 @@ class Metrics:
             "Reports the database refused although they passed validation.",
             registry=r,
         )
+        # Gauges of several workers: each one's own (livesum: of the workers running now).
         self.queue_depth = Gauge(
             "mboxii_dlr_ingest_queue_depth",
-            "Reports waiting for the writer.",
+            "Reports waiting for the writer (summed over the workers).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "mboxii_dlr_ingest_in_flight",
-            "Callbacks waiting for their report's commit (queued or in a batch being written).",
+            "Callbacks waiting for their report's commit (queued or in a batch being written; "
+            "summed over the workers).",
             registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_capacity = Gauge(
+            "mboxii_dlr_ingest_queue_capacity",
+            "Reports the writers' queues hold at most (DLR_INGEST_QUEUE_SIZE, summed over the "
+            "workers); beyond it callbacks are answered 503.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # Every process reads the same value from the database: the largest is the newest.
+        self.pending_oldest = Gauge(
+            "mboxii_dlr_deliveries_pending_oldest_seconds",
+            "Age of the oldest delivery done in the last 7 days whose newest report is still "
+            "not final (0 when none); read from the database every minute.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.batch_size = Histogram(
             "mboxii_dlr_ingest_batch_size",
@@ -157,15 +270,18 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 36000),
             registry=r,
         )
+        # Every process reads these two from the database: the largest is the newest.
         self.events_waiting = Gauge(
             "mboxii_dlr_events_waiting",
             "Event rows not yet delivered nor failed (all replicas; refreshed every 5 s).",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.events_oldest_age = Gauge(
             "mboxii_dlr_events_oldest_waiting_seconds",
             "Age of the oldest event row still waiting (0 when none).",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.suppressions = Counter(
             "mboxii_dlr_numbers_suppressed",
@@ -184,8 +300,9 @@ class Metrics:
             "Numbers left out of a send because they are suppressed.",
             registry=r,
         )
-        # CPU, memory, open files and start time of this process (Linux /proc).
-        ProcessCollector(registry=r)
+        if r is not None:
+            # CPU, memory, open files and start time of this process (Linux /proc).
+            ProcessCollector(registry=r)
 
         for outcome, status in report_series():
             self.reports.labels(outcome, status)
@@ -199,3 +316,10 @@ class Metrics:
             self.event_attempts.labels(result)
         for source in SUPPRESSION_SOURCES:
             self.suppressions.labels(source)
+        for interface in GATEWAY_INTERFACES:
+            self.gateway_requests.labels(interface, "ok")
+
+    def close(self) -> None:
+        """The worker is stopping: its live gauges no longer count."""
+        if self.directory is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.directory)  # type: ignore[no-untyped-call]

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     ingest_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # Off behind PgBouncer before 1.21 in transaction pooling, which cannot keep a session's
+    # named prepared statements (deploy/README.md, "Scaling out").
+    db_prepared_statements: bool = True
 
     # The gateway account: set it to send through MboxII (/v1/messages) and reconcile.
     mboxii_cid: str = ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +85,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
-    """Create the async engine with durable settings for either backend."""
+def create_engine(
+    database_url: str, pool_size: int = 10, echo: bool = False, prepared_statements: bool = True
+) -> AsyncEngine:
+    """Create the async engine with durable settings for either backend. Without
+    `prepared_statements`, PostgreSQL statements are prepared unnamed, or under names used
+    once, so a pooler in transaction mode may hand each transaction another server session."""
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
         database = url.database
@@ -95,7 +101,7 @@ def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) ->
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=echo,
         pool_size=pool_size,
@@ -112,8 +118,31 @@ def create_engine(database_url: str, pool_size: int = 10, echo: bool = False) ->
                 "application_name": "mboxii-dlr",
                 "timezone": "UTC",
             },
+            **({} if prepared_statements else UNPREPARED),
         },
     )
+    if not prepared_statements:
+        _UNPREPARED_ENGINES.add(engine.sync_engine)
+    return engine
+
+
+# Engines made without prepared statements, for the connections opened beside their pools.
+_UNPREPARED_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def prepares_statements(engine: AsyncEngine) -> bool:
+    """Whether connections to `engine`'s database may keep named prepared statements (see
+    create_engine): a connection opened outside its pool must follow the same rule."""
+    return engine.sync_engine not in _UNPREPARED_ENGINES
+
+
+# asyncpg's own cache (the ingest store's statements), SQLAlchemy's, and the names of what
+# SQLAlchemy still prepares: unique, so that no two sessions' names meet on one server session.
+UNPREPARED: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": lambda: f"__mboxii_dlr_{uuid.uuid4().hex}__",
+}
 
 
 def insert_for(dialect: Dialect, table: Any) -> Any:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -31,7 +32,11 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Report(Base):
-    """One callback as received: never updated, never stored twice."""
+    """One callback as received: never updated, never stored twice.
+
+    On PostgreSQL the table is partitioned by month of done_at (migration 0011,
+    app.db.partitions), and its primary key is (id, done_at): a partitioned table's unique
+    keys must hold the partition key. SQLite keeps one table."""
 
     __tablename__ = "reports"
     __table_args__ = (
@@ -39,8 +44,9 @@ class Report(Base):
         # The identity, led by msgid: a report's retries meet here (the key hashes msgid
         # too, so this is as unique as the key alone), inserts of a campaign's ascending
         # msgids land on neighbouring pages instead of random ones, and a delivery's
-        # history is one short range.
-        UniqueConstraint("msgid", "report_key"),
+        # history is one short range. done_at is in it for the partitions; the key hashes
+        # donetime, so a retry has the same done_at and meets its first copy all the same.
+        UniqueConstraint("msgid", "report_key", "done_at"),
         # batch summaries: one range per ID (and type), each delivery's reports together
         Index("ix_reports_batch_id_type_msgid_mobile", "batch_id", "type", "msgid", "mobile"),
     )
@@ -374,3 +380,27 @@ class Event(Base):
     last_status_code: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Job(Base):
+    """A background job that runs once per deployment (retention): the process that claims
+    its row runs it, whichever worker or replica that is (app.db.jobs)."""
+
+    __tablename__ = "jobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_run_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: who runs it now, and until when that claim holds unless renewed
+    holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RateSlot(Base):
+    """One rate limit shared by every process and replica (app.db.rates): the time, in epoch
+    seconds of the database's clock, before which the next call must not go out."""
+
+    __tablename__ = "rate_slots"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Double)

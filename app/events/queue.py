@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.engine import create_sync_engine
+from app.db.engine import create_sync_engine, prepares_statements
 from app.events.outbox import sqlite_time
 
 
@@ -168,6 +168,9 @@ async def connect_postgres(engine: AsyncEngine, role: str, **server_settings: st
     import asyncpg
 
     url = engine.url
+    # Behind a pooler in transaction mode (DLR_DB_PREPARED_STATEMENTS=false), no statement
+    # cache: its named statements would meet other sessions' on the server's connections.
+    cache = {} if prepares_statements(engine) else {"statement_cache_size": 0}
     return await asyncpg.connect(
         host=url.host,
         port=url.port,
@@ -176,6 +179,7 @@ async def connect_postgres(engine: AsyncEngine, role: str, **server_settings: st
         database=url.database,
         timeout=5,
         command_timeout=30,
+        **cache,
         server_settings={"application_name": f"mboxii-dlr-events-{role}", **server_settings},
     )
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiolimiter import AsyncLimiter
 from sqlalchemy import case, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.settings import Settings
 from app.db.engine import UTCDateTime
 from app.db.models import Send
+from app.db.rates import SharedRate
 from app.gateway import (
     CheckResult,
     CheckStatus,
@@ -85,15 +85,26 @@ class PassResult:
         return ", ".join(parts)
 
 
+def rate_name(settings: Settings) -> str:
+    """The name of the account's CheckSMS rate limit in `rate_slots`."""
+    return f"CheckSMS:{settings.mboxii_cid}"
+
+
 class Reconciler:
     """Finds sends whose numbers still lack a final report after DLR_RECONCILE_AFTER, asks
     CheckSMS about them (rate limited, a few at a time) and submits what it learns to the
     ingest writer as `poll` reports. Backs off per send and, for errors that concern the
-    whole account or gateway, globally."""
+    whole account or gateway, globally.
+
+    Every process and replica runs one. They share the work through the database: each
+    send is claimed by one of them for its check (a conditional UPDATE of next_check_at),
+    and the account's rate limit and its pause after an account-wide error are one row of
+    `rate_slots` (app.db.rates), so DLR_RECONCILE_RATE holds for the whole deployment."""
 
     def __init__(
         self,
         settings: Settings,
+        engine: AsyncEngine,
         sessionmaker: async_sessionmaker[AsyncSession],
         writer: Writer,
         client: MboxiiClient,
@@ -102,15 +113,17 @@ class Reconciler:
         self.sessionmaker = sessionmaker
         self.writer = writer
         self.client = client
-        # One call per 1/rate seconds: a bucket of one spaces the calls evenly, where a
-        # bucket of `rate` would let a second's worth go out at once.
-        self.limiter = AsyncLimiter(1, 1.0 / settings.reconcile_rate)
+        # One call per 1/rate seconds, evenly spaced, across the deployment.
+        self.rate = SharedRate(engine, rate_name(settings), 1.0 / settings.reconcile_rate)
         self.slots = asyncio.Semaphore(settings.reconcile_concurrency)
-        self._paused_until: dt.datetime | None = None
+        # Account-wide errors in a row seen by this process: the pause grows with them.
         self._global_errors = 0
         self._task: asyncio.Task[None] | None = None
         # A claim outlives the slowest possible check, then another process may retry.
         self.lease = dt.timedelta(seconds=max(60.0, 4 * settings.mboxii_timeout_seconds))
+        # A send waits at most this long for its slot while claimed; a longer wait (a pause,
+        # or many replicas' checks queued ahead) hands it back for later instead.
+        self.max_wait = self.lease.total_seconds() / 2
 
     # ------------------------------------------------------------ scheduling
 
@@ -149,12 +162,12 @@ class Reconciler:
         `everything`); returns what it did."""
         now = dt.datetime.now(dt.UTC)
         total = PassResult()
-        if self._paused_until is not None and now < self._paused_until:
-            return total
         stmt = select(Send).where(Send.next_check_at.is_not(None), Send.cancelled_at.is_(None))
         if not everything:
             stmt = stmt.where(Send.next_check_at <= now)
         async with self.sessionmaker() as session:
+            if await self.rate.seconds_held_off(session) > self.max_wait:
+                return total  # paused after an account-wide error (by any process)
             due = list(
                 (await session.scalars(stmt.order_by(Send.next_check_at).limit(PASS_LIMIT))).all()
             )
@@ -165,8 +178,6 @@ class Reconciler:
 
     async def _guarded(self, send: Send) -> PassResult:
         async with self.slots:
-            if self._paused_until is not None and dt.datetime.now(dt.UTC) < self._paused_until:
-                return PassResult()
             return await self.reconcile_send(send)
 
     # ------------------------------------------------------------ one send
@@ -184,12 +195,14 @@ class Reconciler:
         if not pending:
             return result
 
-        await self.limiter.acquire()
-        paused = self._paused_until
-        if paused is not None and dt.datetime.now(dt.UTC) < paused:
-            # Another check failed for the whole account while this one waited its turn.
-            await self._record(send, next_check_at=paused)
+        # Paused (a check failed for the whole account, in any process): take no slot, it
+        # would push every later one back. Too many checks queued ahead: give the slot up.
+        # Either way the send goes back, to be claimed again once its turn can come.
+        wait = await self.rate.reserve(self.max_wait)
+        if wait > self.max_wait:
+            await self._record(send, next_check_at=now + dt.timedelta(seconds=wait))
             return result
+        await asyncio.sleep(wait)
         result.checked = 1
         try:
             answer = await self.client.check(send.batch_id, scheduled=send.type == "scheduled")
@@ -204,7 +217,6 @@ class Reconciler:
             await self._failed(send, now, exc)
             return result
         self._global_errors = 0
-        self._paused_until = None
 
         try:
             new, duplicate = await self._store(send, answer, pending)
@@ -336,7 +348,7 @@ class Reconciler:
             # The gateway or the account is the problem: every send would fail alike.
             self._global_errors += 1
             pause = self.backoff(self._global_errors)
-            self._paused_until = now + pause
+            await self.rate.hold_off(pause.total_seconds())
             log.warning(
                 "CheckSMS failed (%s); pausing reconciliation for %.0fs", exc, pause.total_seconds()
             )

@@ -13,8 +13,10 @@ from app.ingest.fold import MERGED_COLUMNS, PREVIOUS, RANK, RETURNED_COLUMNS
 REPORTS = cast(Table, Report.__table__)
 DELIVERIES = cast(Table, Delivery.__table__)
 
-# A report's identity: its retries meet on this unique key.
-REPORT_IDENTITY = [REPORTS.c.msgid, REPORTS.c.report_key]
+# A report's identity: its retries meet on this unique key. done_at is the partition key of
+# reports on PostgreSQL, so it must be in every unique key; report_key hashes donetime, so a
+# retry carries the same done_at and lands in the same partition as its first copy.
+REPORT_IDENTITY = [REPORTS.c.msgid, REPORTS.c.report_key, REPORTS.c.done_at]
 
 
 def delivery_upsert(insert: Any) -> Any:

@@ -85,14 +85,16 @@ class Writer:
         self._backoff = 0.0
         self._summary = {"stored": 0, "duplicates": 0, "batches": 0}
         self._summary_at = time.monotonic()
-        self._in_flight = 0
         self._batches_in_flight = 0
         self._report_series: dict[tuple[str, str], Any] = {}
         self._slots = asyncio.Semaphore(PIPELINE)
         self._commits: set[asyncio.Task[None]] = set()
         self._store = open_store(engine, effects)
-        metrics.queue_depth.set_function(lambda: len(self._queue))
-        metrics.in_flight.set_function(lambda: self._in_flight)
+        # Set on every change rather than read at scrape time: with several workers, a
+        # scrape reads what each worker last wrote (app.core.metrics).
+        self._depth_gauge = metrics.queue_depth
+        metrics.queue_capacity.set(queue_size)
+        self._in_flight_gauge = metrics.in_flight
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mboxii-dlr-writer")
@@ -121,15 +123,16 @@ class Writer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._queue.append(Job(report, received_at, source, future=future))
+        self._depth_gauge.set(len(self._queue))
         self._wakeup.set()
         # Past the deadline the sender gets 503; should the commit still land, the
         # gateway's retry is then a harmless duplicate.
         timer = loop.call_later(self.timeout, _expire, future)
-        self._in_flight += 1
+        self._in_flight_gauge.inc()
         try:
             return await future
         finally:
-            self._in_flight -= 1
+            self._in_flight_gauge.dec()
             timer.cancel()
 
     async def _gather(self) -> None:
@@ -148,7 +151,9 @@ class Writer:
 
     def _take(self) -> list[Job]:
         n = min(len(self._queue), self.batch_size)
-        return [self._queue.popleft() for _ in range(n)]
+        batch = [self._queue.popleft() for _ in range(n)]
+        self._depth_gauge.set(len(self._queue))
+        return batch
 
     async def _run(self) -> None:
         while True:
