@@ -9,19 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.config import JsonDict
 
 from app.api.params import INSTANT_PATTERN, MOBILE_SCHEMA
+from app.core.times import utc_z
 from app.gateway.rules import MAX_NUMBERS, TEXT_PATTERN
 
 Outcome = Literal["delivered", "failed", "pending"]
 MessageType = Literal["now", "scheduled"]
-
-
-def utc_z(value: dt.datetime) -> str:
-    """An instant as ISO 8601 in UTC with a `Z`, as every answer writes times."""
-    value = value.astimezone(dt.UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text + "Z"
 
 
 UtcTime = Annotated[dt.datetime, PlainSerializer(utc_z, return_type=str, when_used="json")]
