@@ -23,14 +23,8 @@ from app.api.params import (
     parse_mobile,
     pattern,
 )
-from app.api.schemas import (
-    AmbiguousRead,
-    DeliveryDetail,
-    DeliveryPage,
-    DeliveryRead,
-    MessageType,
-    Outcome,
-)
+from app.api.schemas.common import MessageType, Outcome
+from app.api.schemas.deliveries import AmbiguousRead, DeliveryDetail, DeliveryPage, DeliveryRead
 from app.read.csvexport import CsvResponse, csv_chunks
 from app.read.cursors import cursor_key
 from app.read.queries import DeliveryFilters, find_deliveries, get_delivery, stream_deliveries

@@ -20,14 +20,13 @@ from app.api.params import (
     parse_instant,
     pattern,
 )
-from app.api.schemas import (
+from app.api.schemas.common import MessageType, ValidationErrorRead
+from app.api.schemas.messages import (
     AllSuppressedRead,
     GatewayErrorRead,
     MessageCreate,
     MessageRead,
     MessageSent,
-    MessageType,
-    ValidationErrorRead,
 )
 from app.api.subscriptions import checked_url
 from app.core import errors

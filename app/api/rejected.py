@@ -10,7 +10,9 @@ from sqlalchemy import select
 
 from app.api.errors import error_responses
 from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
-from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
+from app.api.schemas.common import ValidationErrorRead
+from app.api.schemas.deliveries import DeliveryRead
+from app.api.schemas.rejected import RejectedPage, RejectReason
 from app.core.errors import InvalidCallback, NotFound, Unavailable
 from app.db.engine import MAX_ROW_ID
 from app.db.models import Delivery, Rejected

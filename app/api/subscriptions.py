@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api.errors import error_responses
-from app.api.event_schemas import (
+from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
+from app.api.schemas.events import (
     EventPage,
     EventRead,
     EventStatus,
@@ -21,7 +22,6 @@ from app.api.event_schemas import (
     SubscriptionRead,
     SubscriptionUpdate,
 )
-from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
 from app.core.settings import Settings
 from app.db.engine import MAX_ROW_ID
 from app.db.models import Event, Subscription
