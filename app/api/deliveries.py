@@ -8,13 +8,12 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from app.api.errors import error_responses
 from app.api.params import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
     IDENTIFIER_PATTERN,
     INSTANT_DESCRIPTION,
     INSTANT_PATTERN,
     MOBILE_SCHEMA,
     STATUS_PATTERN,
+    FilteredCursorQuery,
     check_cursor,
     check_identifier,
     check_status,
@@ -136,14 +135,7 @@ async def list_deliveries(
     limit: Annotated[
         int, Query(ge=1, le=1000, description="Deliveries per page, 1-1000", examples=[100])
     ] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            description="`next_cursor` of the previous page. Send the same filters with it "
-            "(only `limit` may change); a cursor from other filters, or altered, is a 422",
-            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
-        ),
-    ] = None,
+    cursor: FilteredCursorQuery = None,
 ) -> dict[str, Any]:
     """Page through the deliveries that match every given filter.
 

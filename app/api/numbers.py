@@ -10,11 +10,10 @@ from fastapi import APIRouter, Depends, Path, Query
 from app.api.auth import require_send_key
 from app.api.errors import error_responses
 from app.api.params import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
     INSTANT_DESCRIPTION,
     INSTANT_PATTERN,
     MOBILE_SCHEMA,
+    FilteredCursorQuery,
     check_cursor,
     invalid,
     parse_instant,
@@ -93,16 +92,8 @@ def number_filters(
 
 
 FiltersDep = Annotated[NumberFilters, Depends(number_filters)]
-LimitQuery = Annotated[
+NumberLimitQuery = Annotated[
     int, Query(ge=1, le=1000, description="Numbers per page, 1-1000", examples=[100])
-]
-CursorQuery = Annotated[
-    str | None,
-    Query(
-        description="`next_cursor` of the previous page. Send the same filters with it "
-        "(only `limit` may change); a cursor from other filters, or altered, is a 422",
-        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
-    ),
 ]
 
 
@@ -116,8 +107,8 @@ async def list_numbers(
     settings: SettingsDep,
     session: SessionDep,
     filters: FiltersDep,
-    limit: LimitQuery = 100,
-    cursor: CursorQuery = None,
+    limit: NumberLimitQuery = 100,
+    cursor: FilteredCursorQuery = None,
 ) -> dict[str, Any]:
     """Which numbers keep failing: every number that matches the filters, the highest
     `failure_streak` first, then by `mobile`.
@@ -186,7 +177,10 @@ async def read_number(session: SessionDep, mobile: MobilePath) -> dict[str, Any]
     responses=error_responses(401, 422, 503),
 )
 async def list_suppressions(
-    settings: SettingsDep, session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
+    settings: SettingsDep,
+    session: SessionDep,
+    limit: NumberLimitQuery = 100,
+    cursor: FilteredCursorQuery = None,
 ) -> dict[str, Any]:
     """The numbers no message goes to, latest suppressed first."""
     key = cursor_key(settings)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from functools import lru_cache
+from typing import Annotated
 from zoneinfo import ZoneInfo, available_timezones
 
-from fastapi import Request
+from fastapi import Query, Request
 
 from app.core import mobiles
 from app.core.errors import InvalidParameters
@@ -56,6 +57,26 @@ def invalid(field: str, message: str) -> InvalidParameters:
 def pattern(value: str, max_length: int | None = None) -> dict[str, str | int]:
     """`json_schema_extra` of a parameter checked against the pattern `value` (and a length)."""
     return {"pattern": value} if max_length is None else {"pattern": value, "maxLength": max_length}
+
+
+#: The page size and cursor of a list without filters of its own to repeat.
+LimitQuery = Annotated[int, Query(ge=1, le=1000, description="Items per page")]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        description="`next_cursor` of the previous page, with the same filters",
+        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+    ),
+]
+#: The cursor of a filtered list (deliveries, numbers).
+FilteredCursorQuery = Annotated[
+    str | None,
+    Query(
+        description="`next_cursor` of the previous page. Send the same filters with it "
+        "(only `limit` may change); a cursor from other filters, or altered, is a 422",
+        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+    ),
+]
 
 
 def check_identifier(field: str, value: str | None) -> str | None:
