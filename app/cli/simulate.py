@@ -12,7 +12,8 @@ def cmd_simulate_gateway(args: argparse.Namespace, _: None) -> int:
 
     import uvicorn
 
-    from simulator.app import SimulatorConfig, create_simulator, describe
+    from simulator.app import create_simulator
+    from simulator.config import SimulatorConfig, describe
 
     config = SimulatorConfig(
         accounts=args.accounts,
@@ -51,7 +52,7 @@ def _rate(value: str) -> float:
 
 
 def _accounts(value: str) -> dict[str, str] | None:
-    from simulator.app import parse_accounts
+    from simulator.config import parse_accounts
 
     try:
         return parse_accounts(value)
@@ -60,7 +61,7 @@ def _accounts(value: str) -> dict[str, str] | None:
 
 
 def _delay(value: str) -> tuple[float, float]:
-    from simulator.app import parse_delay
+    from simulator.config import parse_delay
 
     try:
         return parse_delay(value)
@@ -90,7 +91,7 @@ def _forced(value: str) -> tuple[str, str]:
 
 
 def add_simulate_gateway(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from simulator.app import ANSWER_FORMATS
+    from simulator.config import ANSWER_FORMATS
 
     sim = sub.add_parser("simulate-gateway", help=cmd_simulate_gateway.__doc__)
     sim.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
