@@ -13,7 +13,7 @@ from standardwebhooks import Webhook
 
 from app.core.settings import DEFAULT_RETRY_SCHEDULE, SettingsError, load_settings
 from app.core.times import utc_z
-from app.events.dispatcher import next_delay, retry_after_seconds
+from app.events.attempts import next_delay, retry_after_seconds
 from app.events.payloads import Signer, delivery_body, new_event_id
 from app.events.urls import BadUrl, forbidden, normalize_url, target_of
 from app.ingest.fold import DeliveryChange, DeliveryState, Previous
