@@ -16,12 +16,11 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from sqlalchemy import (
     Select,
     String,
-    Table,
     and_,
     bindparam,
     column,
@@ -37,17 +36,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import partitions
 from app.db.jobs import JobRunner
-from app.db.models import Delivery, Event, Rejected, Report, Send, SendNumber
+from app.db.models import (
+    DELIVERIES,
+    EVENTS,
+    REJECTED,
+    REPORTS,
+    SEND_NUMBERS,
+    SENDS,
+)
 from app.db.numbers import refresh as refresh_numbers
 
 log = logging.getLogger("mboxii_dlr.retention")
 
-DELIVERIES = cast(Table, Delivery.__table__)
-REPORTS = cast(Table, Report.__table__)
-REJECTED = cast(Table, Rejected.__table__)
-SENDS = cast(Table, Send.__table__)
-SEND_NUMBERS = cast(Table, SendNumber.__table__)
-EVENTS = cast(Table, Event.__table__)
 
 CLI_BATCH = 5000
 # The running service purges beside ingest: small transactions, so a callback that needs

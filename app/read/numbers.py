@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.db.models import Delivery, Number
+from app.db.models import NUMBERS, Delivery, Number
 from app.read.cursors import decode_cursor, next_page, not_this_list
 
 RECENT = 20
@@ -165,7 +165,7 @@ async def stream_numbers(
 ) -> AsyncGenerator[Sequence[Row[Any]], None]:
     """Every matching number in the list order (CSV_COLUMNS), `batch` rows at a time, from
     server-side cursors over the list's index ranges: no sort of the whole table first."""
-    columns = [Number.__table__.c[name] for name in CSV_COLUMNS]
+    columns = [NUMBERS.c[name] for name in CSV_COLUMNS]
     async with engine.connect() as connection:
         for part in _ranges(filters, None):
             stmt = part.with_only_columns(*columns).execution_options(yield_per=batch)

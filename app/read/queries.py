@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Row, and_, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.errors import Ambiguous, NotFound
-from app.db.models import Delivery, Report
+from app.db.models import DELIVERIES, Delivery, Report
 from app.read.cursors import decode_cursor, next_page, not_this_list
 
 
@@ -154,9 +154,8 @@ async def stream_deliveries(
 ) -> AsyncGenerator[Sequence[Row[Any]], None]:
     """Every matching delivery in the list order, `batch` rows at a time, from a
     server-side cursor: memory stays flat however many rows match."""
-    table = Delivery.__table__
     stmt = (
-        select(*(table.c[name] for name in columns))
+        select(*(DELIVERIES.c[name] for name in columns))
         .where(*filters.where())
         .order_by(*LIST_ORDER)
         .execution_options(yield_per=batch)
