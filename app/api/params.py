@@ -14,6 +14,8 @@ from fastapi import Query, Request
 from app.core import mobiles
 from app.core.errors import InvalidParameters
 from app.core.mobiles import INPUT_PATTERN as MOBILE_PATTERN
+from app.core.settings import Settings
+from app.events.urls import BadUrl, check_destination
 
 # Patterns use explicit character classes (never \d, \s or \w) so that the OpenAPI
 # document's readers (ECMA-262, Rust and Python engines) all agree with the server.
@@ -148,3 +150,16 @@ def reject_nul(request: Request) -> None:
         "\x00" in name or "\x00" in value for name, value in request.query_params.multi_items()
     ):
         raise invalid("request", "NUL characters are not allowed in the path or parameters")
+
+
+async def checked_url(settings: Settings, url: str, field: str = "url") -> str:
+    """A destination URL as stored; 422 for a bad one (or one resolving to a private
+    address)."""
+    try:
+        return await check_destination(
+            url,
+            allow_private=settings.webhook_allow_private,
+            seconds=settings.webhook_timeout_seconds,
+        )
+    except BadUrl as exc:
+        raise invalid(field, str(exc)) from None

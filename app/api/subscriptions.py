@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api.errors import error_responses
-from app.api.params import CursorQuery, LimitQuery, check_cursor, invalid
+from app.api.params import CursorQuery, LimitQuery, check_cursor, checked_url, invalid
 from app.api.schemas.events import (
     EventPage,
     EventRead,
@@ -22,12 +22,10 @@ from app.api.schemas.events import (
     SubscriptionRead,
     SubscriptionUpdate,
 )
-from app.core.settings import Settings
 from app.db.engine import MAX_ROW_ID
 from app.db.models import Event, Subscription
 from app.events import subscriptions as service
 from app.events.payloads import EVENT_TYPES
-from app.events.urls import BadUrl, check_destination
 from app.read.cursors import (
     cursor_key,
     decode_cursor,
@@ -79,19 +77,6 @@ def event_view(row: Event) -> dict[str, Any]:
         "last_error": row.last_error,
         "payload": json.loads(row.payload),
     }
-
-
-async def checked_url(settings: Settings, url: str, field: str = "url") -> str:
-    """A destination URL as stored; 422 for a bad one (or one resolving to a private
-    address)."""
-    try:
-        return await check_destination(
-            url,
-            allow_private=settings.webhook_allow_private,
-            seconds=settings.webhook_timeout_seconds,
-        )
-    except BadUrl as exc:
-        raise invalid(field, str(exc)) from None
 
 
 @router.post(
