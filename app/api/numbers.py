@@ -10,15 +10,12 @@ from fastapi import APIRouter, Depends, Path, Query
 from app.api.auth import require_send_key
 from app.api.errors import error_responses
 from app.api.params import (
-    INSTANT_DESCRIPTION,
-    INSTANT_PATTERN,
     MOBILE_SCHEMA,
     FilteredCursorQuery,
     check_cursor,
-    invalid,
-    parse_instant,
+    instant_query,
     parse_mobile,
-    pattern,
+    parse_range,
 )
 from app.api.schemas.numbers import NumberDetail, NumberPage, NumberRead, SuppressionCreate
 from app.core.errors import NotFound
@@ -66,28 +63,23 @@ def number_filters(
     ] = None,
     last_done_from: Annotated[
         str | None,
-        Query(
-            description="Only numbers whose latest `done_at` is at or after this time. "
-            + INSTANT_DESCRIPTION,
-            examples=["2026-11-01T00:00:00+08:00"],
-            json_schema_extra=pattern(INSTANT_PATTERN),
+        instant_query(
+            "Only numbers whose latest `done_at` is at or after this time. ",
+            "2026-11-01T00:00:00+08:00",
         ),
     ] = None,
     last_done_to: Annotated[
         str | None,
-        Query(
-            description="Only numbers whose latest `done_at` is before this time (exclusive). "
-            + INSTANT_DESCRIPTION,
-            examples=["2026-12-01T00:00:00+08:00"],
-            json_schema_extra=pattern(INSTANT_PATTERN),
+        instant_query(
+            "Only numbers whose latest `done_at` is before this time (exclusive). ",
+            "2026-12-01T00:00:00+08:00",
         ),
     ] = None,
 ) -> NumberFilters:
     """Parse the filters shared by the list and the CSV export."""
-    start = parse_instant("last_done_from", last_done_from, settings.zone)
-    end = parse_instant("last_done_to", last_done_to, settings.zone)
-    if start is not None and end is not None and start >= end:
-        raise invalid("last_done_to", "must be later than last_done_from")
+    start, end = parse_range(
+        settings.zone, ("last_done_from", last_done_from), ("last_done_to", last_done_to)
+    )
     return NumberFilters(failure_streak_min, suppressed, start, end)
 
 

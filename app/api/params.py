@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
 from fastapi import Query, Request
@@ -116,6 +116,28 @@ def parse_instant(field: str, value: str | None, zone: ZoneInfo) -> dt.datetime 
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
     return when.astimezone(dt.UTC)
+
+
+def instant_query(description: str, example: str) -> Any:
+    """The Query of an instant parameter (read by parse_instant): what it means, then how an
+    instant is written."""
+    return Query(
+        description=description + INSTANT_DESCRIPTION,
+        examples=[example],
+        json_schema_extra=pattern(INSTANT_PATTERN),
+    )
+
+
+def parse_range(
+    zone: ZoneInfo, start: tuple[str, str | None], end: tuple[str, str | None]
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Two instant parameters, (name, value) each, bounding [start, end); 422 unless the end
+    is later than the start."""
+    since = parse_instant(start[0], start[1], zone)
+    until = parse_instant(end[0], end[1], zone)
+    if since is not None and until is not None and since >= until:
+        raise invalid(end[0], f"must be later than {start[0]}")
+    return since, until
 
 
 def parse_mobile(value: str | None, field: str = "mobile") -> str | None:
