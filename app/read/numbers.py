@@ -15,7 +15,8 @@ from app.db.models import NUMBERS, Delivery, Number
 from app.read.cursors import decode_cursor, next_page, not_this_list
 
 RECENT = 20
-# The Number's fields before `suppressed`, in the contract's order.
+# The Number's fields before `suppressed`, in the contract's order (the CSV's too). Spelled
+# out rather than taken from app.db.numbers.SUMMARY, whose order is the recount's.
 FIELDS = (
     "mobile",
     "deliveries",
