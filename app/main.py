@@ -33,7 +33,6 @@ from app.api import (
     subscriptions,
 )
 from app.api.auth import ApiKeyMiddleware, require_api_key
-from app.api.budget import SendBudget
 from app.api.errors import install_error_handlers
 from app.api.openapi import refine
 from app.api.params import reject_nul
@@ -50,6 +49,7 @@ from app.db.retention import retention_job
 from app.db.throttle import KeyThrottle
 from app.events.dispatcher import Dispatcher
 from app.gateway import MboxiiClient
+from app.gateway.budget import SendBudget
 from app.gateway.reconcile import Reconciler
 from app.ingest.endpoint import CallbackEndpoint
 from app.read.backlog import observe_pending

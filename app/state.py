@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Annotated, cast
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.api.budget import SendBudget
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.db.engine import create_engine
 from app.db.throttle import KeyThrottle
 from app.events.dispatcher import Dispatcher
 from app.events.outbox import EventOutbox
+from app.gateway.budget import SendBudget
 from app.gateway.client import MboxiiClient
 from app.gateway.reconcile import Reconciler
 from app.ingest.numbers import NumberSummaries

@@ -1,0 +1,1 @@
+"""Alembic migrations: env.py and the versions, one file per schema change."""

@@ -1,4 +1,5 @@
-"""Test tools for real servers: raw HTTP over sockets, database peeks, polling, RSS."""
+"""Test tools: raw HTTP over sockets, database peeks, polling, RSS, the gateway simulator in a
+process of its own, and the effect_log table that the stores' test effects write to."""
 
 from __future__ import annotations
 
@@ -6,19 +7,25 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.db.engine import create_engine
 from app.db.models import Delivery, Rejected, Report
 from app.db.numbers import mismatches
+from tests.conftest import ROOT, free_port
 
 
 @dataclass
@@ -225,3 +232,64 @@ def grown_by(work: Callable[[], None]) -> int:
         return tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
+
+
+# A test effect's write, in each store's own driver (asyncpg, sqlite3).
+EFFECT_LOG_POSTGRES = "INSERT INTO effect_log (msgid) VALUES ($1)"
+EFFECT_LOG_SQLITE = "INSERT INTO effect_log (msgid) VALUES (?)"
+
+
+@contextlib.asynccontextmanager
+async def engine_with_effect_log(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's database with a fresh table effect_log (msgid TEXT NOT NULL),
+    which test effects write to in a batch's transaction; dropped afterwards."""
+    engine = create_engine(database_url)
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS effect_log"))
+        await connection.execute(text("CREATE TABLE effect_log (msgid TEXT NOT NULL)"))
+    yield engine
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP TABLE effect_log"))
+    await engine.dispose()
+
+
+class Simulator:
+    """`mboxii-dlr simulate-gateway` in a subprocess on a free port."""
+
+    def __init__(self, log: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DLR_")}
+        self.log = log
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "app.cli", "simulate-gateway"),
+                *("--port", str(self.port), "--log-level", "warning", *args),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(self.url + "/simulator/sends", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the simulator did not start")
+
+    def sends(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = httpx.get(self.url + "/simulator/sends").json()
+        return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,55 +12,14 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from tests.conftest import ROOT, LiveServer, free_port
+from tests.conftest import LiveServer
+from tests.helpers import Simulator
 
 pytestmark = pytest.mark.slow
 
 API_KEY = "e2e-key"
 TOKEN = "e2e-token"
 TAIPEI = ZoneInfo("Asia/Taipei")
-
-
-class Simulator:
-    """`mboxii-dlr simulate-gateway` in a subprocess on a free port."""
-
-    def __init__(self, log: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DLR_")}
-        self.log = log
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "app.cli", "simulate-gateway"),
-                *("--port", str(self.port), "--log-level", "warning", *args),
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(self.url + "/simulator/sends", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("the simulator did not start")
-
-    def sends(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = httpx.get(self.url + "/simulator/sends").json()
-        return result
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture

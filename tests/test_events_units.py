@@ -12,8 +12,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from app.core.settings import DEFAULT_RETRY_SCHEDULE, SettingsError, load_settings
-from app.events.dispatcher import next_delay, retry_after_seconds
-from app.events.payloads import Signer, delivery_body, new_event_id, utc_text
+from app.core.times import utc_z
+from app.events.attempts import next_delay, retry_after_seconds
+from app.events.payloads import Signer, delivery_body, new_event_id
 from app.events.urls import BadUrl, forbidden, normalize_url, target_of
 from app.ingest.fold import DeliveryChange, DeliveryState, Previous
 
@@ -34,7 +35,7 @@ def change(msgid: str, previous: Previous | None) -> DeliveryChange:
 def test_the_delivery_body_is_the_json_of_the_contract(
     msgid: str, previous: Previous | None
 ) -> None:
-    body = delivery_body(change(msgid, previous), utc_text(T))
+    body = delivery_body(change(msgid, previous), utc_z(T))
     assert json.loads(body) == {
         "type": "delivery.updated",
         "timestamp": "2026-11-30T08:00:01.25Z",
@@ -58,18 +59,19 @@ def test_the_delivery_body_is_the_json_of_the_contract(
     }
 
 
-def test_times_are_written_as_the_api_writes_them() -> None:
-    from app.api.schemas import utc_z
-
-    for value in (
-        T,
-        T.replace(microsecond=0),
-        T.replace(microsecond=123456),
-        T.replace(microsecond=100),
-    ):
-        assert utc_text(value) == utc_z(value)
-    taipei = T.astimezone(dt.timezone(dt.timedelta(hours=8)))
-    assert utc_text(taipei) == utc_z(T)
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        (T, "2026-11-30T08:00:01.25Z"),
+        (T.replace(microsecond=0), "2026-11-30T08:00:01Z"),
+        (T.replace(microsecond=123456), "2026-11-30T08:00:01.123456Z"),
+        (T.replace(microsecond=100), "2026-11-30T08:00:01.0001Z"),
+        (T.astimezone(dt.timezone(dt.timedelta(hours=8))), "2026-11-30T08:00:01.25Z"),
+        (dt.datetime(2, 1, 3, tzinfo=dt.UTC), "0002-01-03T00:00:00Z"),
+    ],
+)
+def test_times_are_written_in_utc_with_a_z(value: dt.datetime, written: str) -> None:
+    assert utc_z(value) == written
 
 
 def test_event_ids_are_unique_and_sort_by_creation() -> None:

@@ -20,12 +20,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.metrics import Metrics
-from app.db.engine import create_engine
 from app.ingest.errors import IngestRefused, IngestUnavailable
 from app.ingest.fold import DeliveryChange
 from app.ingest.parse import ParsedReport, validate_fields
 from app.ingest.writer import Writer
 from tests.conftest import report
+from tests.helpers import EFFECT_LOG_POSTGRES, EFFECT_LOG_SQLITE, engine_with_effect_log
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 
@@ -40,14 +40,8 @@ def parsed(msgid: str, **fields: str) -> ParsedReport:
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS effect_log"))
-        await connection.execute(text("CREATE TABLE effect_log (msgid TEXT NOT NULL)"))
-    yield engine
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP TABLE effect_log"))
-    await engine.dispose()
+    async with engine_with_effect_log(database_url) as engine:
+        yield engine
 
 
 @asynccontextmanager
@@ -100,7 +94,7 @@ class Effect:
         await asyncio.sleep(self.delay)
         while not self.gate.is_set():
             await asyncio.sleep(0.005)
-        await connection.executemany("INSERT INTO effect_log (msgid) VALUES ($1)", values)
+        await connection.executemany(EFFECT_LOG_POSTGRES, values)
 
     def apply_sqlite(
         self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
@@ -108,7 +102,7 @@ class Effect:
         values = self._values(changes)
         time.sleep(self.delay)
         self.gate.wait(10)
-        connection.executemany("INSERT INTO effect_log (msgid) VALUES (?)", values)
+        connection.executemany(EFFECT_LOG_SQLITE, values)
 
 
 async def test_concurrent_submits_share_a_commit(engine: AsyncEngine) -> None:

@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, clean_postgres
-from tests.helpers import consistency_problems, table_counts, wait_for
-from tests.test_e2e_gateway import Simulator
+from tests.helpers import Simulator, consistency_problems, table_counts, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

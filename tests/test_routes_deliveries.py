@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from app.api.schemas import DeliveryRead
+from app.api.schemas.deliveries import DeliveryRead
 from app.db.models import Delivery
 from app.ingest.fold import Arrival
 from app.ingest.parse import validate_fields

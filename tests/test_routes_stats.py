@@ -381,6 +381,16 @@ async def test_longest_allowed_range(client: httpx.AsyncClient) -> None:
     assert answer["totals"]["deliveries"] == 1
 
 
+async def test_a_range_in_an_early_year_is_written_with_four_digits(
+    client: httpx.AsyncClient,
+) -> None:
+    # The answer's times are RFC 3339 date-times, which need a four-digit year.
+    answer = await stats(
+        client, tz="UTC", interval="day", **{"from": "0002-01-01T00:00Z", "to": "0002-01-02T00:00Z"}
+    )
+    assert (answer["from"], answer["to"]) == ("0002-01-01T00:00:00Z", "0002-01-02T00:00:00Z")
+
+
 def test_openapi_documents_every_new_endpoint(tmp_path: Path) -> None:
     spec = create_app(make_settings(f"sqlite:///{tmp_path}/unused.db")).openapi()
     expected = {

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.api.budget import SendBudget
 from app.gateway.answers import parse_check_answer, parse_plain_answer, parse_send_answer
+from app.gateway.budget import SendBudget
 from app.gateway.errors import GatewayError
 from tests.conftest import make_settings, report
 from tests.fake_gateway import ACCOUNT, API_KEY, FakeGateway, service

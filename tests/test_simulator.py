@@ -22,13 +22,8 @@ from app.cli import build_parser
 from app.gateway import MboxiiClient, prepare_message
 from app.gateway.errors import AuthenticationFailed, NotSentYet, RecordNotFound
 from app.ingest.parse import FIELDS
-from simulator.app import (
-    ANSWER_FORMATS,
-    SimulatorConfig,
-    create_simulator,
-    parse_accounts,
-    parse_delay,
-)
+from simulator.app import create_simulator
+from simulator.config import ANSWER_FORMATS, SimulatorConfig, parse_accounts, parse_delay
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 START = dt.datetime(2026, 11, 26, 12, 2, 30, tzinfo=TAIPEI).timestamp()

@@ -38,6 +38,7 @@ from app.ingest.fold import (
 from app.ingest.parse import ParsedReport, validate_fields
 from app.ingest.store import BatchStore
 from app.ingest.writer import open_store
+from tests.helpers import EFFECT_LOG_POSTGRES, EFFECT_LOG_SQLITE, engine_with_effect_log
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 RECEIVED = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.UTC)
@@ -336,14 +337,8 @@ def test_stores_agree_with_the_rule_applied_one_report_at_a_time(database_url: s
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS effect_log"))
-        await connection.execute(text("CREATE TABLE effect_log (msgid TEXT NOT NULL)"))
-    yield engine
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP TABLE effect_log"))
-    await engine.dispose()
+    async with engine_with_effect_log(database_url) as engine:
+        yield engine
 
 
 class Logger:
@@ -354,18 +349,14 @@ class Logger:
         self.fail = fail
 
     async def apply_postgres(self, connection: Any, changes: Sequence[DeliveryChange]) -> None:
-        await connection.executemany(
-            "INSERT INTO effect_log (msgid) VALUES ($1)", [(c.state.msgid,) for c in changes]
-        )
+        await connection.executemany(EFFECT_LOG_POSTGRES, [(c.state.msgid,) for c in changes])
         if self.fail is not None:
             raise self.fail
 
     def apply_sqlite(
         self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
     ) -> None:
-        connection.executemany(
-            "INSERT INTO effect_log (msgid) VALUES (?)", [(c.state.msgid,) for c in changes]
-        )
+        connection.executemany(EFFECT_LOG_SQLITE, [(c.state.msgid,) for c in changes])
         if self.fail is not None:
             raise self.fail
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from app.api.schemas import ErrorRead, FieldError
+from app.api.schemas.common import ErrorRead, FieldError
 from app.core.paths import ROUTE
 
 router = APIRouter(tags=["callback"])

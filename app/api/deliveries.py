@@ -8,29 +8,20 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from app.api.errors import error_responses
 from app.api.params import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
     IDENTIFIER_PATTERN,
-    INSTANT_DESCRIPTION,
-    INSTANT_PATTERN,
     MOBILE_SCHEMA,
     STATUS_PATTERN,
+    FilteredCursorQuery,
     check_cursor,
     check_identifier,
     check_status,
-    invalid,
-    parse_instant,
+    instant_query,
     parse_mobile,
+    parse_range,
     pattern,
 )
-from app.api.schemas import (
-    AmbiguousRead,
-    DeliveryDetail,
-    DeliveryPage,
-    DeliveryRead,
-    MessageType,
-    Outcome,
-)
+from app.api.schemas.common import MessageType, Outcome
+from app.api.schemas.deliveries import AmbiguousRead, DeliveryDetail, DeliveryPage, DeliveryRead
 from app.read.csvexport import CsvResponse, csv_chunks
 from app.read.cursors import cursor_key
 from app.read.queries import DeliveryFilters, find_deliveries, get_delivery, stream_deliveries
@@ -91,29 +82,22 @@ async def delivery_filters(
     ] = None,
     done_from: Annotated[
         str | None,
-        Query(
-            description="Only deliveries whose `done_at` is at or after this time. "
-            + INSTANT_DESCRIPTION,
-            examples=["2026-11-01T00:00:00+08:00"],
-            json_schema_extra=pattern(INSTANT_PATTERN),
+        instant_query(
+            "Only deliveries whose `done_at` is at or after this time. ",
+            "2026-11-01T00:00:00+08:00",
         ),
     ] = None,
     done_to: Annotated[
         str | None,
-        Query(
-            description="Only deliveries whose `done_at` is before this time (exclusive). "
-            + INSTANT_DESCRIPTION,
-            examples=["2026-12-01T00:00:00+08:00"],
-            json_schema_extra=pattern(INSTANT_PATTERN),
+        instant_query(
+            "Only deliveries whose `done_at` is before this time (exclusive). ",
+            "2026-12-01T00:00:00+08:00",
         ),
     ] = None,
 ) -> DeliveryFilters:
     """Parse and normalise the filters shared by the list and the CSV export."""
     words = {check_status(word) for word in status or ()}
-    start = parse_instant("done_from", done_from, settings.zone)
-    end = parse_instant("done_to", done_to, settings.zone)
-    if start is not None and end is not None and start >= end:
-        raise invalid("done_to", "must be later than done_from")
+    start, end = parse_range(settings.zone, ("done_from", done_from), ("done_to", done_to))
     return DeliveryFilters(
         mobile=parse_mobile(mobile),
         msgid=check_identifier("msgid", msgid),
@@ -142,14 +126,7 @@ async def list_deliveries(
     limit: Annotated[
         int, Query(ge=1, le=1000, description="Deliveries per page, 1-1000", examples=[100])
     ] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            description="`next_cursor` of the previous page. Send the same filters with it "
-            "(only `limit` may change); a cursor from other filters, or altered, is a 422",
-            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
-        ),
-    ] = None,
+    cursor: FilteredCursorQuery = None,
 ) -> dict[str, Any]:
     """Page through the deliveries that match every given filter.
 

@@ -97,7 +97,7 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error statuses."""
-    from app.api.schemas import ErrorRead, ValidationErrorRead
+    from app.api.schemas.common import ErrorRead, ValidationErrorRead
 
     if 401 in statuses:  # the key check and its throttle go together
         statuses = (*statuses, 429)

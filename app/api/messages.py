@@ -11,25 +11,23 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import require_send_key
-from app.api.budget import SendBudget
 from app.api.errors import error_responses
 from app.api.params import (
     IDENTIFIER_PATTERN,
     check_identifier,
+    checked_url,
     invalid,
     parse_instant,
     pattern,
 )
-from app.api.schemas import (
+from app.api.schemas.common import MessageType, ValidationErrorRead
+from app.api.schemas.messages import (
     AllSuppressedRead,
     GatewayErrorRead,
     MessageCreate,
     MessageRead,
     MessageSent,
-    MessageType,
-    ValidationErrorRead,
 )
-from app.api.subscriptions import checked_url
 from app.core import errors
 from app.db.models import Send
 from app.gateway import (
@@ -40,6 +38,7 @@ from app.gateway import (
     UnreadableAnswer,
     prepare_message,
 )
+from app.gateway.budget import SendBudget
 from app.gateway.sends import (
     DuplicateSend,
     find_sends,

@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.config import JsonDict
 
 from app.api.auth import require_send_key
 from app.api.errors import error_responses
 from app.api.params import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
-    INSTANT_DESCRIPTION,
-    INSTANT_PATTERN,
     MOBILE_SCHEMA,
+    FilteredCursorQuery,
     check_cursor,
-    invalid,
-    parse_instant,
+    instant_query,
     parse_mobile,
-    pattern,
+    parse_range,
 )
-from app.api.schemas import DELIVERY_EXAMPLE, DeliveryRead, Outcome, UtcTime
+from app.api.schemas.numbers import NumberDetail, NumberPage, NumberRead, SuppressionCreate
 from app.core.errors import NotFound
-from app.gateway.suppressions import REASON_MAX_LENGTH, lift, suppress
+from app.gateway.suppressions import lift, suppress
 from app.read.csvexport import CsvResponse, csv_chunks
 from app.read.cursors import cursor_key
 from app.read.numbers import (
@@ -40,113 +34,6 @@ from app.read.numbers import (
 from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["numbers"])
-
-SUPPRESSION_EXAMPLE: JsonDict = {
-    "source": "automatic",
-    "reason": "5 failed deliveries in a row",
-    "since": "2026-11-26T03:10:00Z",
-}
-NUMBER_EXAMPLE: JsonDict = {
-    "mobile": "+886912345678",
-    "deliveries": 12,
-    "delivered": 7,
-    "failed": 5,
-    "pending": 0,
-    "first_done_at": "2026-10-02T01:15:09Z",
-    "last_done_at": "2026-11-26T03:09:58Z",
-    "last_status": "UNDELIV",
-    "last_outcome": "failed",
-    "last_delivered_at": "2026-11-19T08:40:12Z",
-    "failure_streak": 5,
-    "suppressed": SUPPRESSION_EXAMPLE,
-}
-
-
-class SuppressionRead(BaseModel):
-    """Why and since when no message goes to a number."""
-
-    model_config = ConfigDict(json_schema_extra={"example": SUPPRESSION_EXAMPLE})
-
-    source: Literal["automatic", "manual"] = Field(
-        description="`automatic`: its failure streak reached DLR_SUPPRESS_AFTER_FAILURES; "
-        "`manual`: suppressed through PUT /v1/suppressions/{mobile} or the dashboard"
-    )
-    reason: str | None
-    since: UtcTime
-
-
-class NumberRead(BaseModel):
-    """What the deliveries to one number add up to, and whether it is suppressed."""
-
-    model_config = ConfigDict(json_schema_extra={"example": NUMBER_EXAMPLE})
-
-    mobile: str = Field(description="E.164, `+886912345678`")
-    deliveries: int = Field(description="Messages (msgids) to this number")
-    delivered: int
-    failed: int
-    pending: int = Field(description="Deliveries not final yet (ENROUTE)")
-    first_done_at: UtcTime | None = Field(description="Earliest done_at; null without deliveries")
-    last_done_at: UtcTime | None = Field(description="Latest done_at; null without deliveries")
-    last_status: str | None = Field(description="Status word of the latest delivery")
-    last_outcome: Outcome | None = Field(description="Outcome of the latest delivery")
-    last_delivered_at: UtcTime | None = Field(
-        description="done_at of the latest delivered delivery; null if none was delivered"
-    )
-    failure_streak: int = Field(
-        description="Final failed deliveries done after the latest delivered one (and after "
-        "the latest lift of a suppression)"
-    )
-    suppressed: SuppressionRead | None = Field(description="null when messages go to it")
-
-
-class NumberDetail(NumberRead):
-    """A number with its latest deliveries."""
-
-    model_config = ConfigDict(
-        json_schema_extra={"example": {**NUMBER_EXAMPLE, "recent": [DELIVERY_EXAMPLE]}}
-    )
-
-    recent: list[DeliveryRead] = Field(description="Its latest 20 deliveries, newest first")
-
-
-class NumberPage(BaseModel):
-    """One page of numbers."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {"items": [NUMBER_EXAMPLE], "next_cursor": "q1Z3...signed-cursor"}
-        }
-    )
-
-    items: list[NumberRead]
-    next_cursor: str | None = Field(
-        description="Pass it as `cursor`, with the same filters, for the next page; "
-        "null on the last page"
-    )
-
-
-class SuppressionCreate(BaseModel):
-    """A suppression by hand."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"example": {"reason": "the customer asked us to stop"}},
-    )
-
-    reason: str = Field(
-        min_length=1,
-        max_length=REASON_MAX_LENGTH,
-        description=f"Why, for whoever looks later: 1-{REASON_MAX_LENGTH} printable characters",
-    )
-
-    @field_validator("reason")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        value = value.strip()
-        if not value or not value.isprintable():
-            raise ValueError("must be printable text (no line breaks or control characters)")
-        return value
-
 
 MobilePath = Annotated[
     str,
@@ -176,42 +63,29 @@ def number_filters(
     ] = None,
     last_done_from: Annotated[
         str | None,
-        Query(
-            description="Only numbers whose latest `done_at` is at or after this time. "
-            + INSTANT_DESCRIPTION,
-            examples=["2026-11-01T00:00:00+08:00"],
-            json_schema_extra=pattern(INSTANT_PATTERN),
+        instant_query(
+            "Only numbers whose latest `done_at` is at or after this time. ",
+            "2026-11-01T00:00:00+08:00",
         ),
     ] = None,
     last_done_to: Annotated[
         str | None,
-        Query(
-            description="Only numbers whose latest `done_at` is before this time (exclusive). "
-            + INSTANT_DESCRIPTION,
-            examples=["2026-12-01T00:00:00+08:00"],
-            json_schema_extra=pattern(INSTANT_PATTERN),
+        instant_query(
+            "Only numbers whose latest `done_at` is before this time (exclusive). ",
+            "2026-12-01T00:00:00+08:00",
         ),
     ] = None,
 ) -> NumberFilters:
     """Parse the filters shared by the list and the CSV export."""
-    start = parse_instant("last_done_from", last_done_from, settings.zone)
-    end = parse_instant("last_done_to", last_done_to, settings.zone)
-    if start is not None and end is not None and start >= end:
-        raise invalid("last_done_to", "must be later than last_done_from")
+    start, end = parse_range(
+        settings.zone, ("last_done_from", last_done_from), ("last_done_to", last_done_to)
+    )
     return NumberFilters(failure_streak_min, suppressed, start, end)
 
 
 FiltersDep = Annotated[NumberFilters, Depends(number_filters)]
-LimitQuery = Annotated[
+NumberLimitQuery = Annotated[
     int, Query(ge=1, le=1000, description="Numbers per page, 1-1000", examples=[100])
-]
-CursorQuery = Annotated[
-    str | None,
-    Query(
-        description="`next_cursor` of the previous page. Send the same filters with it "
-        "(only `limit` may change); a cursor from other filters, or altered, is a 422",
-        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
-    ),
 ]
 
 
@@ -225,8 +99,8 @@ async def list_numbers(
     settings: SettingsDep,
     session: SessionDep,
     filters: FiltersDep,
-    limit: LimitQuery = 100,
-    cursor: CursorQuery = None,
+    limit: NumberLimitQuery = 100,
+    cursor: FilteredCursorQuery = None,
 ) -> dict[str, Any]:
     """Which numbers keep failing: every number that matches the filters, the highest
     `failure_streak` first, then by `mobile`.
@@ -295,7 +169,10 @@ async def read_number(session: SessionDep, mobile: MobilePath) -> dict[str, Any]
     responses=error_responses(401, 422, 503),
 )
 async def list_suppressions(
-    settings: SettingsDep, session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
+    settings: SettingsDep,
+    session: SessionDep,
+    limit: NumberLimitQuery = 100,
+    cursor: FilteredCursorQuery = None,
 ) -> dict[str, Any]:
     """The numbers no message goes to, latest suppressed first."""
     key = cursor_key(settings)

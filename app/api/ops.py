@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.errors import error_responses
-from app.api.schemas import HealthRead, ReadyRead
+from app.api.schemas.ops import HealthRead, ReadyRead
 from app.db.migrate import current_revision, head_revision
 from app.state import StateDep
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 from functools import lru_cache
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from fastapi import Request
+from fastapi import Query, Request
 
 from app.core import mobiles
 from app.core.errors import InvalidParameters
 from app.core.mobiles import INPUT_PATTERN as MOBILE_PATTERN
+from app.core.settings import Settings
+from app.events.urls import BadUrl, check_destination
 
 # Patterns use explicit character classes (never \d, \s or \w) so that the OpenAPI
 # document's readers (ECMA-262, Rust and Python engines) all agree with the server.
@@ -58,6 +61,26 @@ def pattern(value: str, max_length: int | None = None) -> dict[str, str | int]:
     return {"pattern": value} if max_length is None else {"pattern": value, "maxLength": max_length}
 
 
+#: The page size and cursor of a list without filters of its own to repeat.
+LimitQuery = Annotated[int, Query(ge=1, le=1000, description="Items per page")]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        description="`next_cursor` of the previous page, with the same filters",
+        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+    ),
+]
+#: The cursor of a filtered list (deliveries, numbers).
+FilteredCursorQuery = Annotated[
+    str | None,
+    Query(
+        description="`next_cursor` of the previous page. Send the same filters with it "
+        "(only `limit` may change); a cursor from other filters, or altered, is a 422",
+        json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
+    ),
+]
+
+
 def check_identifier(field: str, value: str | None) -> str | None:
     """A msgid or batch ID parameter as given; 422 unless it is 1-64 characters without
     spaces or control characters (no stored identifier has them)."""
@@ -95,6 +118,28 @@ def parse_instant(field: str, value: str | None, zone: ZoneInfo) -> dt.datetime 
     return when.astimezone(dt.UTC)
 
 
+def instant_query(description: str, example: str) -> Any:
+    """The Query of an instant parameter (read by parse_instant): what it means, then how an
+    instant is written."""
+    return Query(
+        description=description + INSTANT_DESCRIPTION,
+        examples=[example],
+        json_schema_extra=pattern(INSTANT_PATTERN),
+    )
+
+
+def parse_range(
+    zone: ZoneInfo, start: tuple[str, str | None], end: tuple[str, str | None]
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Two instant parameters, (name, value) each, bounding [start, end); 422 unless the end
+    is later than the start."""
+    since = parse_instant(start[0], start[1], zone)
+    until = parse_instant(end[0], end[1], zone)
+    if since is not None and until is not None and since >= until:
+        raise invalid(end[0], f"must be later than {start[0]}")
+    return since, until
+
+
 def parse_mobile(value: str | None, field: str = "mobile") -> str | None:
     """A number in any accepted form as E.164 (422 when it is not a Taiwan mobile)."""
     if value is None:
@@ -127,3 +172,16 @@ def reject_nul(request: Request) -> None:
         "\x00" in name or "\x00" in value for name, value in request.query_params.multi_items()
     ):
         raise invalid("request", "NUL characters are not allowed in the path or parameters")
+
+
+async def checked_url(settings: Settings, url: str, field: str = "url") -> str:
+    """A destination URL as stored; 422 for a bad one (or one resolving to a private
+    address)."""
+    try:
+        return await check_destination(
+            url,
+            allow_private=settings.webhook_allow_private,
+            seconds=settings.webhook_timeout_seconds,
+        )
+    except BadUrl as exc:
+        raise invalid(field, str(exc)) from None

@@ -9,14 +9,16 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 
 from app.api.errors import error_responses
-from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
-from app.api.schemas import DeliveryRead, RejectedPage, RejectReason, ValidationErrorRead
+from app.api.params import CursorQuery, LimitQuery, check_cursor
+from app.api.schemas.common import ValidationErrorRead
+from app.api.schemas.deliveries import DeliveryRead
+from app.api.schemas.rejected import RejectedPage, RejectReason
 from app.core.errors import InvalidCallback, NotFound, Unavailable
 from app.db.engine import MAX_ROW_ID
 from app.db.models import Delivery, Rejected
 from app.ingest.errors import IngestUnavailable
 from app.ingest.quarantine import list_rejected, replay
-from app.read.cursors import cursor_key, decode_cursor, encode_cursor
+from app.read.cursors import cursor_key, id_position, next_page
 from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["quarantine"])
@@ -57,28 +59,15 @@ async def list_quarantine(
     reason: Annotated[
         RejectReason | None, Query(description="Only requests rejected for this reason")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            description="`next_cursor` of the previous page, with the same filters",
-            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
-        ),
-    ] = None,
+    limit: LimitQuery = 100,
+    cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """List quarantined callback requests, newest first."""
     key = cursor_key(settings)
     filters = {"list": "rejected", "reason": reason}
-    before_id = None
-    if cursor is not None:
-        check_cursor(cursor)
-        position = decode_cursor(key, cursor, filters)
-        if len(position) != 1 or type(position[0]) is not int:
-            raise invalid("cursor", "is not a cursor of this list")
-        before_id = position[0]
+    before_id = id_position(key, check_cursor(cursor), filters)
     rows = await list_rejected(session, limit + 1, reason=reason, before_id=before_id)
-    page = rows[:limit]
-    next_cursor = encode_cursor(key, [page[-1].id], filters) if len(rows) > limit else None
+    page, next_cursor = next_page(rows, limit, key, filters, lambda last: [last.id])
     return {"items": [rejected_item(row) for row in page], "next_cursor": next_cursor}
 
 

@@ -19,7 +19,8 @@ from app.api.params import (
     pattern,
     zone_names,
 )
-from app.api.schemas import BatchRead, MessageType, StatsRead
+from app.api.schemas.common import MessageType
+from app.api.schemas.stats import BatchRead, StatsRead
 from app.core.errors import NotFound
 from app.read.aggregates import batch_summary, delivery_stats
 from app.read.buckets import MAX_BUCKETS, TooManyBuckets

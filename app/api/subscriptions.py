@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api.errors import error_responses
-from app.api.event_schemas import (
+from app.api.params import CursorQuery, LimitQuery, check_cursor, checked_url, invalid
+from app.api.schemas.events import (
     EventPage,
     EventRead,
     EventStatus,
@@ -21,14 +22,17 @@ from app.api.event_schemas import (
     SubscriptionRead,
     SubscriptionUpdate,
 )
-from app.api.params import CURSOR_MAX_LENGTH, CURSOR_PATTERN, check_cursor, invalid, pattern
-from app.core.settings import Settings
 from app.db.engine import MAX_ROW_ID
 from app.db.models import Event, Subscription
 from app.events import subscriptions as service
 from app.events.payloads import EVENT_TYPES
-from app.events.urls import BadUrl, check_destination
-from app.read.cursors import cursor_key, decode_cursor, encode_cursor
+from app.read.cursors import (
+    cursor_key,
+    decode_cursor,
+    id_position,
+    next_page,
+    not_this_list,
+)
 from app.state import SessionDep, SettingsDep, StateDep
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -75,19 +79,6 @@ def event_view(row: Event) -> dict[str, Any]:
     }
 
 
-async def checked_url(settings: Settings, url: str, field: str = "url") -> str:
-    """A destination URL as stored; 422 for a bad one (or one resolving to a private
-    address)."""
-    try:
-        return await check_destination(
-            url,
-            allow_private=settings.webhook_allow_private,
-            seconds=settings.webhook_timeout_seconds,
-        )
-    except BadUrl as exc:
-        raise invalid(field, str(exc)) from None
-
-
 @router.post(
     "/subscriptions",
     status_code=201,
@@ -120,14 +111,8 @@ async def create_subscription(
 async def list_subscriptions(
     settings: SettingsDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            description="`next_cursor` of the previous page, with the same filters",
-            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
-        ),
-    ] = None,
+    limit: LimitQuery = 100,
+    cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """List the subscriptions, oldest first (without their secrets)."""
     key = cursor_key(settings)
@@ -140,12 +125,11 @@ async def list_subscriptions(
             at, last_id = position
             after = (dt.datetime.fromisoformat(at), str(last_id))
         except (TypeError, ValueError):
-            raise invalid("cursor", "is not a cursor of this list") from None
+            raise not_this_list() from None
     rows = await service.list_subscriptions(session, limit + 1, after)
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = encode_cursor(key, [page[-1].created_at.isoformat(), page[-1].id], filters)
+    page, next_cursor = next_page(
+        rows, limit, key, filters, lambda last: [last.created_at.isoformat(), last.id]
+    )
     return {"items": [subscription_view(r) for r in page], "next_cursor": next_cursor}
 
 
@@ -245,25 +229,13 @@ async def list_events(
         str | None,
         Query(pattern=r"^sub_[0-9a-f]{24}$", max_length=28, description="Only this destination"),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            description="`next_cursor` of the previous page, with the same filters",
-            json_schema_extra=pattern(CURSOR_PATTERN, CURSOR_MAX_LENGTH),
-        ),
-    ] = None,
+    limit: LimitQuery = 100,
+    cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """List events, one item per event and destination, newest first."""
     key = cursor_key(settings)
     filters = {"list": "events", "status": status, "type": type, "sub": subscription_id}
-    before_id = None
-    if cursor is not None:
-        check_cursor(cursor)
-        position = decode_cursor(key, cursor, filters)
-        if len(position) != 1 or not isinstance(position[0], int) or position[0] is True:
-            raise invalid("cursor", "is not a cursor of this list")
-        before_id = position[0]
+    before_id = id_position(key, check_cursor(cursor), filters)
     rows = await service.list_events(
         session,
         limit + 1,
@@ -272,8 +244,7 @@ async def list_events(
         subscription_id=subscription_id,
         before_id=before_id,
     )
-    page = rows[:limit]
-    next_cursor = encode_cursor(key, [page[-1].id], filters) if len(rows) > limit else None
+    page, next_cursor = next_page(rows, limit, key, filters, lambda last: [last.id])
     return {"items": [event_view(r) for r in page], "next_cursor": next_cursor}
 
 

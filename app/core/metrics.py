@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -44,6 +45,8 @@ EVENT_RESULTS = (
     "refused",
 )
 SUPPRESSION_SOURCES = ("automatic", "manual")
+
+GaugeMode = Literal["livesum", "livemax"]
 
 # The *_created series double every counter's cardinality for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -152,153 +155,135 @@ class Metrics:
             self.registry.register(workers)
             multiprocess.MultiProcessCollector(self.registry, path=self.directory)  # type: ignore[no-untyped-call]
             r = None
-        self.reports = Counter(
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, mode: GaugeMode) -> Gauge:
+            # With several workers: livesum adds up what each live worker holds (its own
+            # queue); livemax takes the newest of a value all of them read from the database.
+            return Gauge(name, doc, registry=r, multiprocess_mode=mode)
+
+        def histogram(
+            name: str, doc: str, buckets: Sequence[float], labels: Iterable[str] = ()
+        ) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        self.reports = counter(
             "mboxii_dlr_reports_received",
             "New reports stored, by outcome and status word (OTHER for undocumented words).",
             ["outcome", "status"],
-            registry=r,
         )
-        self.duplicates = Counter(
+        self.duplicates = counter(
             "mboxii_dlr_reports_duplicate",
             "Reports received again (gateway retries); acknowledged, not stored twice.",
-            registry=r,
         )
-        self.batch_mismatch = Counter(
+        self.batch_mismatch = counter(
             "mboxii_dlr_reports_batch_mismatch",
             "Reports for a known delivery that carry another batch ID than its first.",
-            registry=r,
         )
-        self.inconsistent = Counter(
+        self.inconsistent = counter(
             "mboxii_dlr_reports_inconsistent",
             "Reports whose statuscode contradicts their status word.",
-            registry=r,
         )
-        self.rejections = Counter(
-            "mboxii_dlr_callbacks_rejected",
-            "Callback requests quarantined, by reason.",
-            ["reason"],
-            registry=r,
+        self.rejections = counter(
+            "mboxii_dlr_callbacks_rejected", "Callback requests quarantined, by reason.", ["reason"]
         )
-        self.unavailable = Counter(
+        self.unavailable = counter(
             "mboxii_dlr_callbacks_unavailable",
             "Callbacks answered 503 because storage was unreachable or ingest saturated.",
             ["cause"],
-            registry=r,
         )
-        self.storage_refused = Counter(
+        self.storage_refused = counter(
             "mboxii_dlr_reports_storage_refused",
             "Reports the database refused although they passed validation.",
-            registry=r,
         )
-        # Gauges of several workers: each one's own (livesum: of the workers running now).
-        self.queue_depth = Gauge(
+        self.queue_depth = gauge(
             "mboxii_dlr_ingest_queue_depth",
             "Reports waiting for the writer (summed over the workers).",
-            registry=r,
-            multiprocess_mode="livesum",
+            "livesum",
         )
-        self.in_flight = Gauge(
+        self.in_flight = gauge(
             "mboxii_dlr_ingest_in_flight",
             "Callbacks waiting for their report's commit (queued or in a batch being written; "
             "summed over the workers).",
-            registry=r,
-            multiprocess_mode="livesum",
+            "livesum",
         )
-        self.queue_capacity = Gauge(
+        self.queue_capacity = gauge(
             "mboxii_dlr_ingest_queue_capacity",
             "Reports the writers' queues hold at most (DLR_INGEST_QUEUE_SIZE, summed over the "
             "workers); beyond it callbacks are answered 503.",
-            registry=r,
-            multiprocess_mode="livesum",
+            "livesum",
         )
-        # Every process reads the same value from the database: the largest is the newest.
-        self.pending_oldest = Gauge(
+        self.pending_oldest = gauge(
             "mboxii_dlr_deliveries_pending_oldest_seconds",
             "Age of the oldest delivery done in the last 7 days whose newest report is still "
             "not final (0 when none); read from the database every minute.",
-            registry=r,
-            multiprocess_mode="livemax",
+            "livemax",
         )
-        self.batch_size = Histogram(
+        self.batch_size = histogram(
             "mboxii_dlr_ingest_batch_size",
             "Reports per group commit.",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
-            registry=r,
+            (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
         )
-        self.commit_seconds = Histogram(
+        self.commit_seconds = histogram(
             "mboxii_dlr_ingest_commit_duration_seconds",
             "Time to store and commit one batch.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=r,
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self.http_requests = Counter(
+        self.http_requests = counter(
             "mboxii_dlr_http_requests",
             "HTTP requests answered, by method, route template and status code.",
             ["method", "route", "status"],
-            registry=r,
         )
-        self.http_seconds = Histogram(
+        self.http_seconds = histogram(
             "mboxii_dlr_http_request_duration_seconds",
             "Time from request start to the end of the response, by route template.",
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             ["method", "route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
         )
-        self.gateway_requests = Counter(
+        self.gateway_requests = counter(
             "mboxii_dlr_gateway_requests",
             "Calls to the gateway (SendSMS, SendTimeSMS, CheckSMS) by interface and result: "
             "ok, or the name of the error (NoCredit, RecordNotFound, GatewayTimeout, ...).",
             ["interface", "result"],
-            registry=r,
         )
-        self.events_created = Counter(
+        self.events_created = counter(
             "mboxii_dlr_events_created",
             "Outbound event rows recorded (one per event and destination), by event type.",
             ["type"],
-            registry=r,
         )
-        self.event_attempts = Counter(
+        self.event_attempts = counter(
             "mboxii_dlr_event_attempts",
             "Attempts to send an event, by result: delivered, http_error, redirect, gone "
             "(410), timeout, connection_error, refused (a private address).",
             ["result"],
-            registry=r,
         )
-        self.event_latency = Histogram(
+        self.event_latency = histogram(
             "mboxii_dlr_event_delivery_latency_seconds",
             "Time from the change an event describes to its successful delivery.",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 36000),
-            registry=r,
+            (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 36000),
         )
-        # Every process reads these two from the database: the largest is the newest.
-        self.events_waiting = Gauge(
+        self.events_waiting = gauge(
             "mboxii_dlr_events_waiting",
             "Event rows not yet delivered nor failed (all replicas; refreshed every 5 s).",
-            registry=r,
-            multiprocess_mode="livemax",
+            "livemax",
         )
-        self.events_oldest_age = Gauge(
+        self.events_oldest_age = gauge(
             "mboxii_dlr_events_oldest_waiting_seconds",
             "Age of the oldest event row still waiting (0 when none).",
-            registry=r,
-            multiprocess_mode="livemax",
+            "livemax",
         )
-        self.suppressions = Counter(
+        self.suppressions = counter(
             "mboxii_dlr_numbers_suppressed",
             "Numbers suppressed (no more sends to them), by source: automatic (the failure "
             "streak reached DLR_SUPPRESS_AFTER_FAILURES) or manual.",
             ["source"],
-            registry=r,
         )
-        self.lifts = Counter(
-            "mboxii_dlr_numbers_lifted",
-            "Suppressions lifted by hand.",
-            registry=r,
-        )
-        self.sends_skipped = Counter(
+        self.lifts = counter("mboxii_dlr_numbers_lifted", "Suppressions lifted by hand.")
+        self.sends_skipped = counter(
             "mboxii_dlr_send_numbers_suppressed",
             "Numbers left out of a send because they are suppressed.",
-            registry=r,
         )
         if r is not None:
             # CPU, memory, open files and start time of this process (Linux /proc).
@@ -306,16 +291,15 @@ class Metrics:
 
         for outcome, status in report_series():
             self.reports.labels(outcome, status)
-        for reason in REJECTION_REASONS:
-            self.rejections.labels(reason)
-        for cause in UNAVAILABLE_CAUSES:
-            self.unavailable.labels(cause)
-        for event_type in EVENT_TYPES:
-            self.events_created.labels(event_type)
-        for result in EVENT_RESULTS:
-            self.event_attempts.labels(result)
-        for source in SUPPRESSION_SOURCES:
-            self.suppressions.labels(source)
+        for labelled, values in (
+            (self.rejections, REJECTION_REASONS),
+            (self.unavailable, UNAVAILABLE_CAUSES),
+            (self.events_created, EVENT_TYPES),
+            (self.event_attempts, EVENT_RESULTS),
+            (self.suppressions, SUPPRESSION_SOURCES),
+        ):
+            for value in values:
+                labelled.labels(value)
         for interface in GATEWAY_INTERFACES:
             self.gateway_requests.labels(interface, "ok")
 

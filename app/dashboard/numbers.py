@@ -7,6 +7,7 @@ import datetime as dt
 import hmac
 import logging
 import re
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -74,7 +75,12 @@ def may_send(settings: Settings, viewer: Session) -> bool:
     return viewer.key_id in {key_id(k.get_secret_value()) for k in settings.send_api_keys}
 
 
-def _require_send(settings: Settings, viewer: Session) -> None:
+async def _number_to_change(
+    request: Request, settings: Settings, session: AsyncSession, viewer: Session, masked: str
+) -> tuple[dict[str, Any], Number]:
+    """The form that suppresses or lifts, and the number it names, once the form's token
+    and the viewer's right to send are checked."""
+    form = await checked_form(request, viewer)
     if not may_send(settings, viewer):
         raise PageError(
             403,
@@ -82,6 +88,8 @@ def _require_send(settings: Settings, viewer: Session) -> None:
             "Suppressing a number or lifting its suppression needs a key that may send "
             "(DLR_SEND_API_KEYS). Log in with one.",
         )
+    number = await find_number(session, settings, masked, _text(form.get("ref")))
+    return form, number
 
 
 @router.get("/dashboard/numbers/{masked}")
@@ -117,10 +125,8 @@ async def suppress_number(
     request: Request, state: StateDep, session: SessionDep, viewer: Viewer, masked: str
 ) -> RedirectResponse:
     """Suppress a number by hand, with a reason."""
-    form = await checked_form(request, viewer)
     settings = state.settings
-    _require_send(settings, viewer)
-    number = await find_number(session, settings, masked, _text(form.get("ref")))
+    form, number = await _number_to_change(request, settings, session, viewer, masked)
     reason = " ".join(_text(form.get("reason")).split())[:REASON_MAX_LENGTH]
     if not reason or not reason.isprintable():
         raise PageError(422, "A reason is needed", "Say why this number is suppressed.")
@@ -135,10 +141,8 @@ async def lift_suppression(
     request: Request, state: StateDep, session: SessionDep, viewer: Viewer, masked: str
 ) -> RedirectResponse:
     """Lift a number's suppression (manual or automatic)."""
-    form = await checked_form(request, viewer)
     settings = state.settings
-    _require_send(settings, viewer)
-    number = await find_number(session, settings, masked, _text(form.get("ref")))
+    _, number = await _number_to_change(request, settings, session, viewer, masked)
     now = dt.datetime.now(dt.UTC)
     lifted = await lift(session, number.mobile, now, state.metrics)
     if lifted is not None:

@@ -8,12 +8,11 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     CompoundSelect,
     Select,
-    Table,
     and_,
     case,
     delete,
@@ -28,12 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.core.metrics import Metrics
 from app.core.mobiles import mask_mobile
 from app.db.engine import insert_for
-from app.db.models import Delivery, Number
+from app.db.models import DELIVERIES, NUMBERS
 
 log = logging.getLogger("mboxii_dlr.numbers")
 
-NUMBERS = cast(Table, Number.__table__)
-DELIVERIES = cast(Table, Delivery.__table__)
 
 # The columns the write path keeps, in the order the recount gives them.
 SUMMARY = (

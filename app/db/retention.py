@@ -15,12 +15,12 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from sqlalchemy import (
+    Select,
     String,
-    Table,
     and_,
     bindparam,
     column,
@@ -36,17 +36,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import partitions
 from app.db.jobs import JobRunner
-from app.db.models import Delivery, Event, Rejected, Report, Send, SendNumber
+from app.db.models import (
+    DELIVERIES,
+    EVENTS,
+    REJECTED,
+    REPORTS,
+    SEND_NUMBERS,
+    SENDS,
+)
 from app.db.numbers import refresh as refresh_numbers
 
 log = logging.getLogger("mboxii_dlr.retention")
 
-DELIVERIES = cast(Table, Delivery.__table__)
-REPORTS = cast(Table, Report.__table__)
-REJECTED = cast(Table, Rejected.__table__)
-SENDS = cast(Table, Send.__table__)
-SEND_NUMBERS = cast(Table, SendNumber.__table__)
-EVENTS = cast(Table, Event.__table__)
 
 CLI_BATCH = 5000
 # The running service purges beside ingest: small transactions, so a callback that needs
@@ -101,197 +102,172 @@ async def purge(
     their numbers), then the events delivered that were created before it (pending and
     failed ones stay: they still have to be sent, or looked at); each batch is one
     transaction."""
-    result = PurgeResult()
+    run = _Purge(engine, cutoff, batch_size, pause, progress)
     async with engine.connect() as connection:
         partitioned = await partitions.is_partitioned(connection)
     if partitioned:
-        await _purge_months(engine, cutoff, result, batch_size, pause, progress)
+        await run.months()
     else:
-        await _purge_deliveries(engine, cutoff, result, batch_size, pause, progress)
-    await _purge_rest(engine, cutoff, result, batch_size, pause, progress)
-    return result
+        await run.deliveries()
+    await run.rest()
+    return run.result
 
 
-async def _purge_deliveries(
-    engine: AsyncEngine,
-    cutoff: dt.datetime,
-    result: PurgeResult,
-    batch_size: int,
-    pause: float,
-    progress: Callable[[PurgeResult], None] | None,
-) -> None:
-    """Deliveries last heard of before `cutoff`, with all their reports."""
-    after: tuple[str, str] | None = None
-    while True:
+@dataclass(slots=True)
+class _Purge:
+    """One purge: what it deletes, how, and what it has deleted so far."""
+
+    engine: AsyncEngine
+    cutoff: dt.datetime
+    batch_size: int
+    pause: float
+    progress: Callable[[PurgeResult], None] | None
+    result: PurgeResult = field(default_factory=PurgeResult)
+
+    def _tell(self) -> None:
+        if self.progress is not None:
+            self.progress(self.result)
+
+    async def deliveries(self) -> None:
+        """Deliveries last heard of before the cutoff, with all their reports."""
+        d = DELIVERIES.c
+
         # Walk the primary key, so each batch costs the same however large the table is,
         # and no index on last_received_at has to slow every ingest down.
-        query = (
-            select(DELIVERIES.c.msgid, DELIVERIES.c.mobile, DELIVERIES.c.last_received_at)
-            .order_by(DELIVERIES.c.msgid, DELIVERIES.c.mobile)
-            .limit(batch_size)
-        )
-        if after is not None:
-            query = query.where(tuple_(DELIVERIES.c.msgid, DELIVERIES.c.mobile) > tuple_(*after))
-        # One transaction per batch: the page of keys and the deletion of its old ones.
-        deliveries = reports = 0
-        async with engine.begin() as connection:
-            rows = (await connection.execute(query)).all()
-            old = [(row.msgid, row.mobile) for row in rows if row.last_received_at < cutoff]
-            if old:
-                deliveries, reports = await delete_deliveries(connection, old, cutoff)
-        result.deliveries += deliveries
-        result.reports += reports
-        if not rows:
-            break
-        after = (rows[-1].msgid, rows[-1].mobile)
-        if old and progress is not None:
-            progress(result)
-        if pause:
-            await asyncio.sleep(pause)
+        def page(after: tuple[Any, ...] | None) -> Select[Any]:
+            query = select(d.msgid, d.mobile, d.last_received_at).order_by(d.msgid, d.mobile)
+            if after is not None:
+                query = query.where(tuple_(d.msgid, d.mobile) > tuple_(*after))
+            return query
 
+        await self._walk_deliveries(page, lambda row: (row.msgid, row.mobile))
 
-async def _purge_months(
-    engine: AsyncEngine,
-    cutoff: dt.datetime,
-    result: PurgeResult,
-    batch_size: int,
-    pause: float,
-    progress: Callable[[PurgeResult], None] | None,
-) -> None:
-    """Deliveries done before the cutoff's month (and last heard of before the cutoff),
-    with their reports outside the months about to go; then those months, whole."""
-    boundary = partitions.month_start(cutoff)
-    async with engine.connect() as connection:
-        default = next(
-            (p.name for p in await partitions.partitions(connection) if p.is_default), None
-        )
-    d = DELIVERIES.c
-    after: tuple[dt.datetime, str, str] | None = None
-    while True:
-        # Newest first from the boundary down: the order of ix_deliveries_done_at_msgid_mobile,
-        # so each batch is one range of it, however large the table.
-        query = (
-            select(d.msgid, d.mobile, d.done_at, d.last_received_at)
-            .where(d.done_at < boundary)
-            .order_by(d.done_at.desc(), d.msgid, d.mobile)
-            .limit(batch_size)
-        )
-        if after is not None:
-            done_at, msgid, mobile = after
-            # Mixed directions: no single row comparison fits; done_at <= x keeps one range.
-            query = query.where(
-                d.done_at <= done_at,
-                or_(d.done_at < done_at, tuple_(d.msgid, d.mobile) > tuple_(msgid, mobile)),
+    async def months(self) -> None:
+        """Deliveries done before the cutoff's month (and last heard of before the cutoff),
+        with their reports outside the months about to go; then those months, whole."""
+        boundary = partitions.month_start(self.cutoff)
+        async with self.engine.connect() as connection:
+            default = next(
+                (p.name for p in await partitions.partitions(connection) if p.is_default), None
             )
-        deliveries = reports = 0
-        async with engine.begin() as connection:
-            rows = (await connection.execute(query)).all()
-            old = [(row.msgid, row.mobile) for row in rows if row.last_received_at < cutoff]
-            if old:
-                deliveries, reports = await delete_deliveries(
-                    connection, old, cutoff, months_going=(boundary, default)
+        d = DELIVERIES.c
+
+        # Newest first from the boundary down: the order of
+        # ix_deliveries_done_at_msgid_mobile, so each batch is one range of it, however
+        # large the table.
+        def page(after: tuple[Any, ...] | None) -> Select[Any]:
+            query = (
+                select(d.msgid, d.mobile, d.done_at, d.last_received_at)
+                .where(d.done_at < boundary)
+                .order_by(d.done_at.desc(), d.msgid, d.mobile)
+            )
+            if after is not None:
+                done_at, msgid, mobile = after
+                # Mixed directions: no single row comparison fits; done_at <= x keeps one
+                # range.
+                query = query.where(
+                    d.done_at <= done_at,
+                    or_(d.done_at < done_at, tuple_(d.msgid, d.mobile) > tuple_(msgid, mobile)),
                 )
-        result.deliveries += deliveries
-        result.reports += reports
-        if not rows:
-            break
-        after = (rows[-1].done_at, rows[-1].msgid, rows[-1].mobile)
-        if old and progress is not None:
-            progress(result)
-        if pause:
-            await asyncio.sleep(pause)
-    dropped = await partitions.drop_partitions_before(engine, boundary)
-    if dropped.partitions:
-        result.partitions += len(dropped.partitions)
-        result.partition_reports += dropped.rows
-        if progress is not None:
-            progress(result)
+            return query
 
+        await self._walk_deliveries(
+            page, lambda row: (row.done_at, row.msgid, row.mobile), (boundary, default)
+        )
+        dropped = await partitions.drop_partitions_before(self.engine, boundary)
+        if dropped.partitions:
+            self.result.partitions += len(dropped.partitions)
+            self.result.partition_reports += dropped.rows
+            self._tell()
 
-async def _purge_rest(
-    engine: AsyncEngine,
-    cutoff: dt.datetime,
-    result: PurgeResult,
-    batch_size: int,
-    pause: float,
-    progress: Callable[[PurgeResult], None] | None,
-) -> None:
-    """Quarantine rows last seen before `cutoff`, and sends made and due before it."""
-
-    async def delete_rejected(connection: AsyncConnection, ids: Sequence[int]) -> int:
-        # Seen again since the select: a retry keeps its row.
-        stmt = delete(REJECTED).where(REJECTED.c.id.in_(ids), REJECTED.c.last_seen_at < cutoff)
-        return (await connection.execute(stmt)).rowcount
-
-    async def delete_sends(connection: AsyncConnection, ids: Sequence[int]) -> int:
-        await connection.execute(delete(SEND_NUMBERS).where(SEND_NUMBERS.c.send_id.in_(ids)))
-        return (await connection.execute(delete(SENDS).where(SENDS.c.id.in_(ids)))).rowcount
-
-    def rejected_gone(n: int) -> None:
-        result.rejected += n
-        if progress is not None:
-            progress(result)
-
-    def sends_gone(n: int) -> None:
-        result.sends += n
-        if progress is not None:
-            progress(result)
-
-    stale = REJECTED.c.last_seen_at < cutoff
-    await _delete_by_id(
-        engine, REJECTED.c.id, stale, delete_rejected, batch_size, pause, rejected_gone
-    )
-    done = and_(
-        SENDS.c.created_at < cutoff,
-        # a send scheduled past the cutoff still has reports to come
-        or_(SENDS.c.send_at.is_(None), SENDS.c.send_at < cutoff),
-    )
-    await _delete_by_id(engine, SENDS.c.id, done, delete_sends, batch_size, pause, sends_gone)
-
-    async def delete_events(connection: AsyncConnection, ids: Sequence[int]) -> int:
-        stmt = delete(EVENTS).where(EVENTS.c.id.in_(ids), EVENTS.c.status == "delivered")
-        return (await connection.execute(stmt)).rowcount
-
-    def events_gone(n: int) -> None:
-        result.events += n
-        if progress is not None:
-            progress(result)
-
-    old_delivered = and_(EVENTS.c.status == "delivered", EVENTS.c.created_at < cutoff)
-    await _delete_by_id(
-        engine, EVENTS.c.id, old_delivered, delete_events, batch_size, pause, events_gone
-    )
-
-
-async def _delete_by_id(
-    engine: AsyncEngine,
-    id_column: Any,
-    condition: Any,
-    delete_rows: Callable[[AsyncConnection, Sequence[int]], Awaitable[int]],
-    batch_size: int,
-    pause: float,
-    gone: Callable[[int], None],
-) -> None:
-    """Delete the rows matching `condition` in batches of ids, one transaction each;
-    `gone(n)` hears how many each batch deleted."""
-    after_id = 0
-    while True:
-        async with engine.begin() as connection:
-            ids = (
-                await connection.scalars(
-                    select(id_column)
-                    .where(id_column > after_id, condition)
-                    .order_by(id_column)
-                    .limit(batch_size)
-                )
-            ).all()
-            if not ids:
+    async def _walk_deliveries(
+        self,
+        page: Callable[[tuple[Any, ...] | None], Select[Any]],
+        key: Callable[[Any], tuple[Any, ...]],
+        months_going: tuple[dt.datetime, str | None] | None = None,
+    ) -> None:
+        """Walk the deliveries `page` lists, a batch at a time after the `key` of the last
+        one read, deleting those last heard of before the cutoff."""
+        after: tuple[Any, ...] | None = None
+        while True:
+            # One transaction per batch: the page of keys and the deletion of its old ones.
+            deliveries = reports = 0
+            async with self.engine.begin() as connection:
+                rows = (await connection.execute(page(after).limit(self.batch_size))).all()
+                old = [
+                    (row.msgid, row.mobile) for row in rows if row.last_received_at < self.cutoff
+                ]
+                if old:
+                    deliveries, reports = await delete_deliveries(
+                        connection, old, self.cutoff, months_going=months_going
+                    )
+            self.result.deliveries += deliveries
+            self.result.reports += reports
+            if not rows:
                 return
-            after_id = ids[-1]
-            deleted = await delete_rows(connection, ids)
-        gone(deleted)
-        if pause:
-            await asyncio.sleep(pause)
+            after = key(rows[-1])
+            if old:
+                self._tell()
+            if self.pause:
+                await asyncio.sleep(self.pause)
+
+    async def rest(self) -> None:
+        """Quarantine rows last seen before the cutoff, sends made and due before it, and
+        the events delivered that were created before it."""
+        cutoff = self.cutoff
+
+        async def delete_rejected(connection: AsyncConnection, ids: Sequence[int]) -> int:
+            # Seen again since the select: a retry keeps its row.
+            stmt = delete(REJECTED).where(REJECTED.c.id.in_(ids), REJECTED.c.last_seen_at < cutoff)
+            return (await connection.execute(stmt)).rowcount
+
+        async def delete_sends(connection: AsyncConnection, ids: Sequence[int]) -> int:
+            await connection.execute(delete(SEND_NUMBERS).where(SEND_NUMBERS.c.send_id.in_(ids)))
+            return (await connection.execute(delete(SENDS).where(SENDS.c.id.in_(ids)))).rowcount
+
+        async def delete_events(connection: AsyncConnection, ids: Sequence[int]) -> int:
+            stmt = delete(EVENTS).where(EVENTS.c.id.in_(ids), EVENTS.c.status == "delivered")
+            return (await connection.execute(stmt)).rowcount
+
+        stale = REJECTED.c.last_seen_at < cutoff
+        await self._delete_by_id(REJECTED.c.id, stale, delete_rejected, "rejected")
+        done = and_(
+            SENDS.c.created_at < cutoff,
+            # a send scheduled past the cutoff still has reports to come
+            or_(SENDS.c.send_at.is_(None), SENDS.c.send_at < cutoff),
+        )
+        await self._delete_by_id(SENDS.c.id, done, delete_sends, "sends")
+        old_delivered = and_(EVENTS.c.status == "delivered", EVENTS.c.created_at < cutoff)
+        await self._delete_by_id(EVENTS.c.id, old_delivered, delete_events, "events")
+
+    async def _delete_by_id(
+        self,
+        id_column: Any,
+        condition: Any,
+        delete_rows: Callable[[AsyncConnection, Sequence[int]], Awaitable[int]],
+        counted_as: Literal["rejected", "sends", "events"],
+    ) -> None:
+        """Delete the rows matching `condition` in batches of ids, one transaction each,
+        counting each batch's deletions in the result's `counted_as`."""
+        after_id = 0
+        while True:
+            async with self.engine.begin() as connection:
+                ids = (
+                    await connection.scalars(
+                        select(id_column)
+                        .where(id_column > after_id, condition)
+                        .order_by(id_column)
+                        .limit(self.batch_size)
+                    )
+                ).all()
+                if not ids:
+                    return
+                after_id = ids[-1]
+                deleted = await delete_rows(connection, ids)
+            setattr(self.result, counted_as, getattr(self.result, counted_as) + deleted)
+            self._tell()
+            if self.pause:
+                await asyncio.sleep(self.pause)
 
 
 async def delete_deliveries(

@@ -7,20 +7,18 @@ the last one and claims more, in one statement on PostgreSQL. New events wake it
 (LISTEN on PostgreSQL, whose NOTIFY arrives when the batch commits; a call from the outbox
 on SQLite); otherwise it looks every POLL_SECONDS and when a retry of its own falls due.
 Sending happens in worker tasks per receiver (origin), so one slow receiver holds only its
-own slots: a receiver at its limit is left out of the claims until it catches up."""
+own slots: a receiver at its limit is left out of the claims until it catches up. What one
+attempt does and how its answer is judged is app.events.attempts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
-import email.utils
 import heapq
 import logging
-import random
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import __version__
 from app.core.metrics import Metrics
 from app.core.settings import Settings
-from app.events.client import Answer, ConnectionFailed, WebhookClient
+from app.events.attempts import Signers, attempt
+from app.events.client import WebhookClient
 from app.events.outbox import NOTIFY_CHANNEL, EventOutbox
-from app.events.payloads import Signer
 from app.events.queue import (
     Claimed,
     EventQueue,
@@ -40,7 +38,6 @@ from app.events.queue import (
     connect_postgres,
     open_queue,
 )
-from app.events.urls import Refused, Unresolvable
 
 log = logging.getLogger("mboxii_dlr.events")
 
@@ -56,7 +53,6 @@ MAX_HELD = 1000
 # A receiver may have this many times its concurrency claimed, the rest waiting in its
 # queue: enough that its slots stay busy between two rounds.
 QUEUE_FACTOR = 8
-RETRY_AFTER_CAP = 3600.0
 # Time a claim keeps beyond what its sends can take, for the round trips around them.
 LEASE_MARGIN = 5.0
 WAITING_REFRESH_SECONDS = 5.0
@@ -66,40 +62,6 @@ def lease_seconds(timeout: float) -> float:
     """How long a claim holds a row: a row may wait behind one full set of the receiver's
     slots (each at most `timeout`) and then take `timeout` itself; the rest is margin."""
     return (QUEUE_FACTOR + 1) * timeout + LEASE_MARGIN
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def next_delay(
-    attempts: int, schedule: Sequence[dt.timedelta], retry_after: float | None = None
-) -> float | None:
-    """Seconds until the next attempt after `attempts` failed ones (±20% jitter), at least
-    a Retry-After of up to an hour; None when the schedule is spent (the row fails)."""
-    if attempts > len(schedule):
-        return None
-    delay = schedule[attempts - 1].total_seconds() * random.uniform(0.8, 1.2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
-    return delay
-
-
-def _snippet(body: bytes) -> str:
-    text = body[:200].decode("utf-8", "replace")
-    return " ".join(text.split())
 
 
 @dataclass(slots=True)
@@ -126,8 +88,7 @@ class Dispatcher:
         self.timeout = settings.webhook_timeout_seconds
         self.schedule = list(settings.webhook_retry_schedule)
         self.concurrency = settings.webhook_concurrency
-        callback_secret = settings.status_callback_secret.get_secret_value()
-        self._callback_signer = Signer([callback_secret]) if callback_secret else None
+        self._signers = Signers(settings.status_callback_secret.get_secret_value())
         self.lease = lease_seconds(self.timeout)
         self.client = WebhookClient(
             allow_private=settings.webhook_allow_private, user_agent=f"mboxii-dlr/{__version__}"
@@ -149,7 +110,6 @@ class Dispatcher:
         self._disable: dict[str, str] = {}
         self._timers: list[float] = []  # a heap: monotonic times our own retries fall due
         self._explored_at = 0.0
-        self._signers: dict[tuple[str, ...], Signer] = {}
         self._waiting_at = 0.0
         self._failures = 0
         if outbox is not None and self._sqlite:
@@ -347,30 +307,12 @@ class Dispatcher:
                 self._receivers.pop(origin, None)
             self._wakeup.set()
 
-    def _signer(self, row: Claimed) -> Signer | None:
-        if row.subscription_id is None:
-            return self._callback_signer
-        assert row.secret is not None
-        secrets: tuple[str, ...] = (row.secret,)
-        if (
-            row.previous_secret
-            and row.previous_until
-            and row.previous_until > dt.datetime.now(dt.UTC)
-        ):
-            secrets = (row.secret, row.previous_secret)
-        signer = self._signers.get(secrets)
-        if signer is None:
-            if len(self._signers) > 1000:
-                self._signers.clear()
-            signer = self._signers[secrets] = Signer(secrets)
-        return signer
-
     async def _attempt(self, row: Claimed) -> None:
         now = dt.datetime.now(dt.UTC)
         if row.subscription_id is not None and not row.enabled:
             self._settle(row, "failed", None, False, now, None, "subscription disabled or deleted")
             return
-        signer = self._signer(row)
+        signer = self._signers.for_row(row)
         if signer is None:
             self._settle(row, "failed", None, False, now, None, "DLR_STATUS_CALLBACK_SECRET unset")
             return
@@ -378,56 +320,26 @@ class Dispatcher:
             # Too little of the lease left to finish: another dispatcher may take it.
             self._released.append((row.id, row.token))
             return
-        body = row.payload.encode()
-        headers = signer.headers(row.event_id, int(time.time()), row.payload)
-        answer: Answer | None = None
-        error = label = ""
-        try:
-            answer = await self.client.post(row.url, headers, body, self.timeout)
-        except TimeoutError:
-            label, error = "timeout", f"no answer within {self.timeout:g}s"
-        except Refused as exc:
-            label, error = "refused", str(exc)
-        except Unresolvable as exc:
-            label, error = "connection_error", str(exc)
-        except (ConnectionFailed, OSError) as exc:
-            label, error = "connection_error", str(exc) or exc.__class__.__name__
-        attempts = row.attempts + 1
-        at = dt.datetime.now(dt.UTC)
-        code = None if answer is None else answer.status
-        retry_after = None
-        if answer is not None:
-            if 200 <= answer.status < 300:
-                self.metrics.event_attempts.labels("delivered").inc()
-                self.metrics.event_latency.observe((at - row.created_at).total_seconds())
-                self._settle(row, "delivered", None, True, at, code, None, attempts)
-                return
-            if answer.status == 410:
-                self.metrics.event_attempts.labels("gone").inc()
-                reason = "the receiver answered 410 Gone"
-                if row.subscription_id is not None:
-                    self._disable[row.subscription_id] = reason
-                    log.warning("events: subscription %s disabled: %s", row.subscription_id, reason)
-                self._settle(row, "failed", None, True, at, code, reason, attempts)
-                return
-            if 300 <= answer.status < 400:
-                label = "redirect"
-                error = f"HTTP {answer.status} redirect to {answer.location or '?'} (not followed)"
-            else:
-                label = "http_error"
-                error = f"HTTP {answer.status}"
-                snippet = _snippet(answer.body)
-                if snippet:
-                    error += f": {snippet}"
-                if answer.status in (429, 503):
-                    retry_after = retry_after_seconds(answer.retry_after, time.time())
-        self.metrics.event_attempts.labels(label).inc()
-        delay = next_delay(attempts, self.schedule, retry_after)
-        if delay is None:
-            self._settle(row, "failed", None, True, at, code, error[:500], attempts)
-        else:
-            heapq.heappush(self._timers, time.monotonic() + delay)
-            self._settle(row, "pending", delay, True, at, code, error[:500], attempts)
+        verdict = await attempt(self.client, row, signer, self.timeout, self.schedule)
+        self.metrics.event_attempts.labels(verdict.result).inc()
+        if verdict.status == "delivered":
+            self.metrics.event_latency.observe((verdict.at - row.created_at).total_seconds())
+        if verdict.gone and row.subscription_id is not None:
+            assert verdict.error is not None
+            self._disable[row.subscription_id] = verdict.error
+            log.warning("events: subscription %s disabled: %s", row.subscription_id, verdict.error)
+        if verdict.delay is not None:
+            heapq.heappush(self._timers, time.monotonic() + verdict.delay)
+        self._settle(
+            row,
+            verdict.status,
+            verdict.delay,
+            True,
+            verdict.at,
+            verdict.code,
+            verdict.error,
+            row.attempts + 1,
+        )
 
     def _settle(
         self,

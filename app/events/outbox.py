@@ -28,13 +28,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.metrics import Metrics
+from app.core.times import utc_z
 from app.events.payloads import (
     CALLBACK_REJECTED,
     DELIVERY_UPDATED,
     delivery_body,
     new_event_id,
     rejected_body,
-    utc_text,
 )
 from app.events.urls import origin_of
 from app.ingest.fold import Arrival, DeliveryChange
@@ -245,7 +245,7 @@ class EventOutbox:
         if not targets:
             return None
         now = dt.datetime.now(dt.UTC)
-        columns = plan_rows(changes, targets, utc_text(now))
+        columns = plan_rows(changes, targets, utc_z(now))
         if columns[0]:
             await connection.fetch(INSERT_POSTGRES, *columns, DELIVERY_UPDATED, now)
             return self._created(DELIVERY_UPDATED, len(columns[0]))
@@ -259,7 +259,7 @@ class EventOutbox:
         if not targets:
             return None
         now = dt.datetime.now(dt.UTC)
-        columns = plan_rows(changes, targets, utc_text(now))
+        columns = plan_rows(changes, targets, utc_z(now))
         if columns[0]:
             rows = json.dumps(list(zip(*columns, strict=True)), ensure_ascii=False)
             at = sqlite_time(now)
@@ -284,7 +284,7 @@ class EventOutbox:
         if not wanted:
             return
         now = dt.datetime.now(dt.UTC)
-        body = rejected_body(rejected_id, reason, errors, received_at, utc_text(now))
+        body = rejected_body(rejected_id, reason, errors, received_at, utc_z(now))
         event_id = new_event_id()
         from sqlalchemy import insert
 

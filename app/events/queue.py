@@ -6,7 +6,11 @@ A claim sets a row's locked_until to the end of its lease: until then no other d
 takes it, and should this process die the row is due again when the lease runs out. That
 value is also the claim's token: a result is recorded only while the row still holds it (a
 row retried by hand meanwhile, or claimed again after an expired lease, keeps what happened
-since)."""
+since).
+
+It is longer than our modules usually are, on purpose: the two backends' statements must
+claim, lease and record exactly alike, and keeping them side by side in one file is how a
+change to one is made to the other too."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Ambiguous, NotFound
 from app.db.engine import insert_for
-from app.db.models import Delivery, Send, SendNumber
+from app.db.models import SEND_NUMBERS, SENDS, Delivery, Send, SendNumber
 from app.gateway import OutboundMessage, SendResult
 
 
@@ -29,7 +29,7 @@ async def record_send(
 ) -> Send:
     """Store a send the gateway accepted, with its numbers, in the caller's transaction."""
     stmt = (
-        insert_for(session.get_bind().dialect, Send.__table__)
+        insert_for(session.get_bind().dialect, SENDS)
         .values(
             batch_id=result.batch_id,
             type=result.type,
@@ -44,13 +44,13 @@ async def record_send(
             status_callback=status_callback,
         )
         .on_conflict_do_nothing(index_elements=["batch_id", "type"])
-        .returning(Send.__table__.c.id)
+        .returning(SENDS.c.id)
     )
     send_id = (await session.execute(stmt)).scalar_one_or_none()
     if send_id is None:  # nothing was written
         raise DuplicateSend(result.batch_id)
     await session.execute(
-        insert_for(session.get_bind().dialect, SendNumber.__table__),
+        insert_for(session.get_bind().dialect, SEND_NUMBERS),
         [
             {"send_id": send_id, "mobile": mobile, "position": i}
             for i, mobile in enumerate(message.numbers)

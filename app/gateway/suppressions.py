@@ -6,19 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import cast
 
-from sqlalchemy import Table, case, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.metrics import Metrics
 from app.core.mobiles import mask_mobile
 from app.db.engine import insert_for
-from app.db.models import Number
+from app.db.models import NUMBERS, Number
 
 log = logging.getLogger("mboxii_dlr.numbers")
 
-NUMBERS = cast(Table, Number.__table__)
 REASON_MAX_LENGTH = 500
 
 

@@ -179,8 +179,33 @@ class _Folded:
         if version == 1:  # the delivery's first state: the proposed row
             return DeliveryChange(DeliveryState(*self.row()), 1, None)
         _, _, batch_id, report_id, _, type_, first, last, reports, *previous = returned
+        state = DeliveryState(*self._columns(batch_id, type_, first, last, reports, report_id))
+        return DeliveryChange(state, version, Previous(*previous))
+
+    def row(self) -> tuple[Any, ...]:
+        """The proposed delivery row, in DELIVERY_COLUMNS order. Batch ID and type are the
+        first report's: a delivery keeps its first."""
+        return self._columns(
+            self.first.batch_id,
+            self.first.type,
+            self.first_received_at,
+            self.last_received_at,
+            len(self.batch_ids),
+            self.report_id,
+        )
+
+    def _columns(
+        self,
+        batch_id: str,
+        type_: str,
+        first: dt.datetime,
+        last: dt.datetime,
+        reports: int,
+        report_id: int,
+    ) -> tuple[Any, ...]:
+        """The winner's state with the delivery's own columns, in DELIVERY_COLUMNS order."""
         w = self.winner
-        state = DeliveryState(
+        return (
             w.msgid,
             w.mobile,
             batch_id,
@@ -195,28 +220,6 @@ class _Folded:
             last,
             reports,
             report_id,
-        )
-        return DeliveryChange(state, version, Previous(*previous))
-
-    def row(self) -> tuple[Any, ...]:
-        """The proposed delivery row, in DELIVERY_COLUMNS order. Batch ID and type are the
-        first report's: a delivery keeps its first."""
-        w = self.winner
-        return (
-            w.msgid,
-            w.mobile,
-            self.first.batch_id,
-            self.first.type,
-            w.status,
-            w.statuscode,
-            w.outcome,
-            w.final,
-            w.inconsistent,
-            w.done_at,
-            self.first_received_at,
-            self.last_received_at,
-            len(self.batch_ids),
-            self.report_id,
         )
 
 

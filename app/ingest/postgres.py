@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.engine import UTCDateTime
+from app.db.models import DELIVERIES, REPORTS
 from app.ingest.errors import is_connectivity_error
 from app.ingest.fold import (
     DELIVERY_COLUMNS,
@@ -21,13 +22,7 @@ from app.ingest.fold import (
     BatchPlan,
     StoreResult,
 )
-from app.ingest.statements import (
-    DELIVERIES,
-    REPORT_IDENTITY,
-    REPORTS,
-    delivery_upsert,
-    returned_columns,
-)
+from app.ingest.statements import REPORT_IDENTITY, delivery_upsert, returned_columns
 from app.ingest.store import BatchEffect, PreparedEffect, run_after_commit
 
 

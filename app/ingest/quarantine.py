@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.engine import insert_for
-from app.db.models import Rejected
+from app.db.models import REJECTED, Rejected
 from app.ingest.errors import (
     CallbackRejected,
     IngestRefused,
@@ -22,8 +22,6 @@ from app.ingest.errors import (
 )
 from app.ingest.parse import ParsedReport, parse_callback
 from app.ingest.writer import Writer
-
-REJECTED = Rejected.__table__
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from sqlalchemy import Boolean, bindparam, event, func, literal_column, select, 
 from sqlalchemy.dialects import sqlite
 
 from app.db.engine import UTCDateTime, create_sync_engine
+from app.db.models import DELIVERIES, REPORTS
 from app.ingest.errors import is_connectivity_error
 from app.ingest.fold import (
     DELIVERY_COLUMNS,
@@ -27,13 +28,7 @@ from app.ingest.fold import (
     BatchPlan,
     StoreResult,
 )
-from app.ingest.statements import (
-    DELIVERIES,
-    REPORT_IDENTITY,
-    REPORTS,
-    delivery_upsert,
-    returned_columns,
-)
+from app.ingest.statements import REPORT_IDENTITY, delivery_upsert, returned_columns
 from app.ingest.store import BatchEffect, run_after_commit
 
 log = logging.getLogger("mboxii_dlr.ingest")

@@ -3,15 +3,12 @@ of a report, and the delivery upsert that applies the ordering rule in the datab
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, case, literal_column, tuple_
+from sqlalchemy import ColumnElement, case, literal_column, tuple_
 
-from app.db.models import Delivery, Report
+from app.db.models import DELIVERIES, REPORTS
 from app.ingest.fold import MERGED_COLUMNS, PREVIOUS, RANK, RETURNED_COLUMNS
-
-REPORTS = cast(Table, Report.__table__)
-DELIVERIES = cast(Table, Delivery.__table__)
 
 # A report's identity: its retries meet on this unique key. done_at is the partition key of
 # reports on PostgreSQL, so it must be in every unique key; report_key hashes donetime, so a

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.schemas import utc_z
+from app.core.times import utc_z
 
 # A spreadsheet runs a cell starting with one of these as a formula (or as a DDE call).
 _FORMULA_START = frozenset("=@\t\r")

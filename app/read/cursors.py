@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from itsdangerous import BadData, URLSafeSerializer
 
@@ -60,3 +61,37 @@ def decode_cursor(key: bytes, cursor: str, filters: dict[str, Any]) -> list[Any]
 
 def _bad(message: str) -> InvalidParameters:
     return InvalidParameters(errors=[{"field": "cursor", "message": message}])
+
+
+def not_this_list() -> InvalidParameters:
+    """The 422 for a cursor signed by us, yet not a position of this list (another list's
+    cursor, say)."""
+    return _bad("is not a cursor of this list")
+
+
+def id_position(key: bytes, cursor: str | None, filters: dict[str, Any]) -> int | None:
+    """The row id held by a cursor of a list walked by id; None without a cursor."""
+    if cursor is None:
+        return None
+    position = decode_cursor(key, cursor, filters)
+    if len(position) != 1 or type(position[0]) is not int:
+        raise not_this_list()
+    return position[0]
+
+
+Row = TypeVar("Row")
+
+
+def next_page(
+    rows: Sequence[Row],
+    limit: int,
+    key: bytes,
+    filters: dict[str, Any],
+    position: Callable[[Row], list[Any]],
+) -> tuple[Sequence[Row], str | None]:
+    """The page among `rows`, read with one row more than `limit` to learn whether another
+    page follows, and the cursor after its last row (None on the last page)."""
+    if len(rows) <= limit:
+        return rows, None
+    page = rows[:limit]
+    return page, encode_cursor(key, position(page[-1]), filters)

@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.core.errors import InvalidParameters
-from app.db.models import Delivery, Number
-from app.read.cursors import decode_cursor, encode_cursor
+from app.db.models import NUMBERS, Delivery, Number
+from app.read.cursors import decode_cursor, next_page, not_this_list
 
 RECENT = 20
-# The Number's fields before `suppressed`, in the contract's order.
+# The Number's fields before `suppressed`, in the contract's order (the CSV's too). Spelled
+# out rather than taken from app.db.numbers.SUMMARY, whose order is the recount's.
 FIELDS = (
     "mobile",
     "deliveries",
@@ -111,8 +111,7 @@ def _position(cursor: str, key: bytes, identity: dict[str, Any]) -> tuple[int, s
         and len(position[1]) <= 16
     ):
         return position[0], position[1]
-    # Signed by us, yet not a position of this list (another list's cursor, say).
-    raise InvalidParameters(errors=[{"field": "cursor", "message": "is not a cursor of this list"}])
+    raise not_this_list()
 
 
 def _ranges(filters: NumberFilters, after: tuple[int, str] | None) -> list[Select[Any]]:
@@ -157,11 +156,9 @@ async def find_numbers(
         rows += (await session.scalars(part.limit(want - len(rows)))).all()
         if len(rows) == want:
             break
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    position = [rows[-1].failure_streak, rows[-1].mobile]
-    return rows, encode_cursor(key, position, filters.identity())
+    return next_page(
+        rows, limit, key, filters.identity(), lambda last: [last.failure_streak, last.mobile]
+    )
 
 
 async def stream_numbers(
@@ -169,7 +166,7 @@ async def stream_numbers(
 ) -> AsyncGenerator[Sequence[Row[Any]], None]:
     """Every matching number in the list order (CSV_COLUMNS), `batch` rows at a time, from
     server-side cursors over the list's index ranges: no sort of the whole table first."""
-    columns = [Number.__table__.c[name] for name in CSV_COLUMNS]
+    columns = [NUMBERS.c[name] for name in CSV_COLUMNS]
     async with engine.connect() as connection:
         for part in _ranges(filters, None):
             stmt = part.with_only_columns(*columns).execution_options(yield_per=batch)
@@ -195,14 +192,13 @@ async def find_suppressions(
             or_(n.suppressed_since < since, and_(n.suppressed_since == since, n.mobile > mobile)),
         )
     query = stmt.order_by(n.suppressed_since.desc(), n.mobile).limit(limit + 1)
-    rows = list((await session.scalars(query)).all())
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    last = rows[-1]
+    rows = (await session.scalars(query)).all()
+    return next_page(rows, limit, key, SUPPRESSIONS, _since_of)
+
+
+def _since_of(last: Number) -> list[Any]:
     assert last.suppressed_since is not None
-    position = [last.suppressed_since.astimezone(dt.UTC).isoformat(), last.mobile]
-    return rows, encode_cursor(key, position, SUPPRESSIONS)
+    return [last.suppressed_since.astimezone(dt.UTC).isoformat(), last.mobile]
 
 
 def _since_position(cursor: str, key: bytes) -> tuple[dt.datetime, str]:
@@ -214,4 +210,4 @@ def _since_position(cursor: str, key: bytes) -> tuple[dt.datetime, str]:
             since = None
         if since is not None and since.tzinfo is not None:
             return since, position[1]
-    raise InvalidParameters(errors=[{"field": "cursor", "message": "is not a cursor of this list"}])
+    raise not_this_list()

@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, and_, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.core.errors import Ambiguous, InvalidParameters, NotFound
-from app.db.models import Delivery, Report
-from app.read.cursors import decode_cursor, encode_cursor
+from app.core.errors import Ambiguous, NotFound
+from app.db.models import DELIVERIES, Delivery, Report
+from app.read.cursors import decode_cursor, next_page, not_this_list
 
 
 async def get_delivery(
@@ -126,8 +126,7 @@ def _position(cursor: str, key: bytes, filters: DeliveryFilters) -> tuple[dt.dat
             when = dt.datetime.fromisoformat(done_at)
             if when.tzinfo is not None:
                 return when, msgid, mobile
-    # Signed by us, yet not a position of this list (another list's cursor, say).
-    raise InvalidParameters(errors=[{"field": "cursor", "message": "is not a cursor of this list"}])
+    raise not_this_list()
 
 
 async def find_deliveries(
@@ -142,14 +141,12 @@ async def find_deliveries(
     stmt = select(Delivery).where(*filters.where())
     if cursor is not None:
         stmt = stmt.where(_after(*_position(cursor, key, filters)))
-    # One row more than asked says whether another page follows.
     rows = (await session.scalars(stmt.order_by(*LIST_ORDER).limit(limit + 1))).all()
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    last = rows[-1]
-    position = [last.done_at.astimezone(dt.UTC).isoformat(), last.msgid, last.mobile]
-    return rows, encode_cursor(key, position, filters.identity())
+    return next_page(rows, limit, key, filters.identity(), _position_of)
+
+
+def _position_of(last: Delivery) -> list[Any]:
+    return [last.done_at.astimezone(dt.UTC).isoformat(), last.msgid, last.mobile]
 
 
 async def stream_deliveries(
@@ -157,9 +154,8 @@ async def stream_deliveries(
 ) -> AsyncGenerator[Sequence[Row[Any]], None]:
     """Every matching delivery in the list order, `batch` rows at a time, from a
     server-side cursor: memory stays flat however many rows match."""
-    table = Delivery.__table__
     stmt = (
-        select(*(table.c[name] for name in columns))
+        select(*(DELIVERIES.c[name] for name in columns))
         .where(*filters.where())
         .order_by(*LIST_ORDER)
         .execution_options(yield_per=batch)

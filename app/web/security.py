@@ -11,7 +11,7 @@ from functools import lru_cache
 from pydantic import SecretStr
 from starlette.types import Scope
 
-from app.core.settings import IPNetwork
+from app.core.setting_types import IPNetwork
 
 
 def matches_secret(given: str, secrets: Sequence[SecretStr]) -> bool:

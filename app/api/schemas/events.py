@@ -1,4 +1,4 @@
-"""Pydantic models of the outbound events API: subscriptions and the event log."""
+"""Models of the outbound events: subscriptions (destinations) and the event log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
-from app.api.schemas import Outcome, UtcTime
+from app.api.schemas.common import Outcome, UtcTime
 
 EventType = Literal["delivery.updated", "callback.rejected"]
 EventStatus = Literal["pending", "delivered", "failed"]
