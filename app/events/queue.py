@@ -20,12 +20,12 @@ import datetime as dt
 import json
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db import sqlite_writer
 from app.db.engine import create_sync_engine, prepares_statements
 from app.events.outbox import sqlite_time
 
@@ -316,13 +316,15 @@ def _time(text: str | None) -> dt.datetime | None:
 
 
 class SqliteQueue:
-    """Rounds in a thread of its own with plain sqlite3, each under the write lock
-    (BEGIN IMMEDIATE): a round that starts while a batch is being written waits for its
-    commit, and then sees its events."""
+    """Rounds with plain sqlite3, each under the write lock (BEGIN IMMEDIATE), in the
+    thread that also writes the ingest batches of this database (app.db.sqlite_writer):
+    a round waits for the batch before it, and then sees its events."""
 
     def __init__(self, database_url: str) -> None:
         self.engine = create_sync_engine(database_url)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mboxii-dlr-events")
+        self.database_url = database_url
+        # Rounds write: they run in the thread of the database's other writer (ingest).
+        self._thread = sqlite_writer.acquire(database_url)
 
     def _round_sync(self, work: Round) -> list[Claimed]:
         now = dt.datetime.now(dt.UTC)
@@ -406,10 +408,9 @@ class SqliteQueue:
         return int(count), _time(oldest)
 
     async def waiting(self) -> tuple[int, dt.datetime | None]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._waiting_sync)
+        return await asyncio.to_thread(self._waiting_sync)  # a read: it needs no turn
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self.engine.dispose)
-        self._thread.shutdown(wait=True)
+        sqlite_writer.release(self.database_url)

@@ -10,12 +10,12 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from sqlalchemy import Boolean, bindparam, event, func, literal_column, select, true, tuple_
 from sqlalchemy.dialects import sqlite
 
+from app.db import sqlite_writer
 from app.db.engine import UTCDateTime, create_sync_engine
 from app.db.models import DELIVERIES, REPORTS
 from app.ingest.errors import is_connectivity_error
@@ -148,7 +148,8 @@ def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
 
 
 class SqliteStore:
-    """Stores batches with the plain sqlite3 driver in one thread of its own: a whole batch
+    """Stores batches with the plain sqlite3 driver in one thread (the database's writer
+    thread, app.db.sqlite_writer, which the event dispatcher's rounds share): a whole batch
     is one hop to that thread, where aiosqlite made one per statement. The thread runs the
     batches in the order they are handed over, so a batch may be handed over while the
     previous one still runs."""
@@ -157,12 +158,13 @@ class SqliteStore:
 
     def __init__(self, database_url: str, effects: Sequence[BatchEffect] = ()) -> None:
         self.engine = create_sync_engine(database_url)
+        self.database_url = database_url
         self.effects = tuple(effects)
         # Checkpoints (copying the WAL into the database file, with an fsync of that file)
         # run beside the writer, not inside one of its commits every 1,000 pages, where
         # they held up every callback of that batch (p99 15 -> 40 ms in bench/ingest.py).
         event.listen(self.engine, "connect", _no_autocheckpoint)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mboxii-dlr-sqlite")
+        self._thread = sqlite_writer.acquire(database_url)
         self._closed = False
         self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(
@@ -214,4 +216,4 @@ class SqliteStore:
         await asyncio.to_thread(self._checkpointer.join)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self.engine.dispose)
-        self._thread.shutdown(wait=True)
+        sqlite_writer.release(self.database_url)
