@@ -24,7 +24,7 @@ from app.ingest.errors import IngestRefused, IngestUnavailable
 from app.ingest.fold import DeliveryChange
 from app.ingest.parse import ParsedReport, validate_fields
 from app.ingest.writer import Writer
-from tests.conftest import report
+from tests.conftest import make_settings, report, running_app
 from tests.helpers import EFFECT_LOG_POSTGRES, EFFECT_LOG_SQLITE, engine_with_effect_log
 
 TAIPEI = ZoneInfo("Asia/Taipei")
@@ -240,3 +240,44 @@ async def test_stop_commits_everything_queued(engine: AsyncEngine) -> None:
     with pytest.raises(IngestUnavailable) as raised:
         await writer.submit(parsed("late"), now())
     assert raised.value.cause == "stopping"
+
+
+# A deadlock met once by the batch's delivery upsert, and one met by every batch holding the
+# msgid "stuck" (statement-level triggers of the test's own, on PostgreSQL).
+DEADLOCKS = [
+    "CREATE SEQUENCE test_deadlock_once",
+    """
+CREATE FUNCTION test_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval('test_deadlock_once') = 1 OR EXISTS (SELECT 1 FROM new_rows WHERE msgid = 'stuck')
+  THEN
+    RAISE EXCEPTION 'deadlock detected (a test''s)' USING ERRCODE = '40P01';
+  END IF;
+  RETURN NULL;
+END $$
+""",
+    "CREATE TRIGGER test_deadlock AFTER INSERT ON deliveries REFERENCING NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION test_deadlock()",
+]
+
+
+@pytest.mark.postgres
+async def test_a_deadlock_with_another_writer_is_tried_again_not_an_outage(migrated: str) -> None:
+    # Replicas' batches can deadlock in the triggers that keep the rollup and the numbers
+    # (tests/test_replicas.py met it in CI): such a batch used to answer 503 and refuse every
+    # callback of the next 0.25 s as if the database were down.
+    async with running_app(make_settings(migrated)) as (app, client):
+        async with app.app_state.engine.begin() as connection:
+            for statement in DEADLOCKS:
+                await connection.exec_driver_sql(statement)
+        first = await client.post("/callbacks/mboxii", data=report(msgid="once"))
+        assert first.status_code == 200, first.text
+        # a batch that deadlocks every time: 503 for it, and nothing else is refused
+        stuck = await client.post("/callbacks/mboxii", data=report(msgid="stuck"))
+        assert stuck.status_code == 503
+        assert "retry-after" in stuck.headers
+        after = await client.post("/callbacks/mboxii", data=report(msgid="after"))
+        assert after.status_code == 200, after.text
+        stored = await client.get("/v1/deliveries/once")
+        assert stored.status_code == 200
+        assert stored.json()["reports"] == 1

@@ -38,6 +38,17 @@ def is_connectivity_error(exc: BaseException) -> bool:
     return not isinstance(exc, StatementError)
 
 
+def is_conflict(exc: BaseException) -> bool:
+    """True for a deadlock or serialization failure (SQLSTATE class 40) on PostgreSQL: two
+    writers took the same rows in different orders, the database rolled one transaction
+    back whole, and running it again is safe. (Statement-level triggers lock the rollup's
+    and the numbers' rows in the order their INSERT and UPDATE triggers fire, so batches of
+    several replicas can meet that way.)"""
+    return isinstance(exc, asyncpg.PostgresError) and str(
+        getattr(exc, "sqlstate", "") or ""
+    ).startswith("40")
+
+
 class CallbackRejected(Exception):
     """The request cannot become a report; `reason` is one of the quarantine reasons."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.engine import UTCDateTime
 from app.db.models import DELIVERIES, REPORTS
-from app.ingest.errors import is_connectivity_error
+from app.ingest.errors import is_conflict, is_connectivity_error
 from app.ingest.fold import (
     DELIVERY_COLUMNS,
     REPORT_COLUMNS,
@@ -24,6 +25,12 @@ from app.ingest.fold import (
 )
 from app.ingest.statements import REPORT_IDENTITY, delivery_upsert, returned_columns
 from app.ingest.store import BatchEffect, PreparedEffect, run_after_commit
+
+log = logging.getLogger("mboxii_dlr.ingest")
+
+# Tries again of a batch that met another writer in a deadlock (before the next batch may
+# have written its deliveries); past them it fails like any refused batch.
+CONFLICT_RETRIES = 3
 
 
 def _unnest_insert(table: Any, columns: tuple[str, ...]) -> Any:
@@ -120,16 +127,24 @@ class PostgresStore:
         self._previous_ran = ran
         try:
             kept = bool(self._idle)
-            try:
-                return await self._attempt(batch, after, ran, kept=kept)
-            except Exception as exc:
-                # Once its deliveries were written, the next batch may have written its own:
-                # a second try now could apply an earlier report after a later one.
-                if not (kept and is_connectivity_error(exc)) or ran.is_set():
-                    raise
-                # The kept connection may have died with a database restart. Storing is
-                # idempotent, so one more try on a fresh connection is safe.
-                return await self._attempt(batch, after, ran, kept=False)
+            conflicts = 0
+            while True:
+                try:
+                    return await self._attempt(batch, after, ran, kept=kept)
+                except Exception as exc:
+                    # Once its deliveries were written, the next batch may have written its
+                    # own: another try now could apply an earlier report after a later one.
+                    if ran.is_set():
+                        raise
+                    if is_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                        # A deadlock with another writer rolled the batch back whole.
+                        conflicts += 1
+                        log.info("a batch met another writer (%s); again", type(exc).__name__)
+                    elif not (kept and is_connectivity_error(exc)):
+                        raise
+                    # Else the kept connection may have died with a database restart.
+                    # Storing is idempotent, so one more try on a fresh connection is safe.
+                    kept = False
         finally:
             ran.set()
 

@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.metrics import Metrics, status_label
 from app.core.mobiles import mask_mobile
-from app.ingest.errors import IngestRefused, IngestUnavailable, is_connectivity_error
+from app.ingest.errors import (
+    IngestRefused,
+    IngestUnavailable,
+    is_conflict,
+    is_connectivity_error,
+)
 from app.ingest.fold import Arrival, StoreResult
 from app.ingest.parse import ParsedReport
 from app.ingest.postgres import PostgresStore
@@ -201,11 +206,13 @@ class Writer:
         try:
             result = await self._store.store(batch)
         except Exception as exc:
-            if is_connectivity_error(exc):
+            if is_connectivity_error(exc) and not is_conflict(exc):
                 self._mark_down(exc)
                 for job in batch:
                     _fail(job.future, IngestUnavailable("database"))
                 return
+            # A deadlock the store could not get past by itself is no outage: each report
+            # again on its own, as for a report the database refuses.
             log.warning(
                 "a batch of %d failed (%s); retrying its reports one by one",
                 len(batch),
@@ -223,7 +230,8 @@ class Writer:
                 result = await self._store.store([job])
             except Exception as exc:
                 if is_connectivity_error(exc):
-                    self._mark_down(exc)
+                    if not is_conflict(exc):
+                        self._mark_down(exc)
                     _fail(job.future, IngestUnavailable("database"))
                     continue
                 self.metrics.storage_refused.inc()
