@@ -20,6 +20,7 @@ from app.events.queue import Round, open_queue
 from app.ingest.fold import Arrival, DeliveryChange
 from app.ingest.parse import validate_fields
 from app.ingest.writer import open_store
+from tests.conftest import report
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 RECEIVED = dt.datetime(2026, 11, 30, 12, tzinfo=TAIPEI)
@@ -60,16 +61,7 @@ class Slow:
 
 
 def arrival(msgid: str) -> Arrival:
-    fields = {
-        "ID": "B1",
-        "msgid": msgid,
-        "type": "Now",
-        "mobile": "0911000001",
-        "statuscode": "1",
-        "statusstr": "DELIVRD",
-        "donetime": "2026/11/30 10:00",
-    }
-    return Arrival(validate_fields(fields, TAIPEI, RECEIVED), RECEIVED)
+    return Arrival(validate_fields(report(msgid=msgid), TAIPEI, RECEIVED), RECEIVED)
 
 
 async def test_a_dispatcher_round_waits_for_one_batch_not_for_the_load(

@@ -20,12 +20,17 @@ class IngestRefused(Exception):
     """The database refused this one report (it passed validation): it is not stored."""
 
 
+def _sqlstate_class(exc: asyncpg.PostgresError) -> str:
+    """The first two characters of the error's SQLSTATE ("" when it has none)."""
+    return str(getattr(exc, "sqlstate", "") or "")[:2]
+
+
 def is_connectivity_error(exc: BaseException) -> bool:
     """True when the failure is the database being away, not the data being refused."""
     if isinstance(exc, asyncpg.PostgresError):  # the PostgreSQL store uses asyncpg directly
         # Connection trouble (08), resources (53), shutdown (57), system (58), and
         # serialization or deadlock (40) pass with time; anything else is this data.
-        return str(getattr(exc, "sqlstate", "") or "")[:2] in ("08", "40", "53", "57", "58")
+        return _sqlstate_class(exc) in ("08", "40", "53", "57", "58")
     if isinstance(exc, sqlite3.Error):  # the SQLite store uses the driver directly
         return not isinstance(
             exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError
@@ -44,9 +49,7 @@ def is_conflict(exc: BaseException) -> bool:
     back whole, and running it again is safe. (Statement-level triggers lock the rollup's
     and the numbers' rows in the order their INSERT and UPDATE triggers fire, so batches of
     several replicas can meet that way.)"""
-    return isinstance(exc, asyncpg.PostgresError) and str(
-        getattr(exc, "sqlstate", "") or ""
-    ).startswith("40")
+    return isinstance(exc, asyncpg.PostgresError) and _sqlstate_class(exc) == "40"
 
 
 class CallbackRejected(Exception):
