@@ -29,8 +29,12 @@ pytestmark = pytest.mark.postgres
 
 TAIPEI = ZoneInfo("Asia/Taipei")
 CB = "/callbacks/mboxii"
-NOW = dt.datetime.now(dt.UTC)
-THIS_MONTH = partitions.month_start(NOW)
+
+
+def this_month() -> dt.datetime:
+    """The current UTC month, read when a test needs it (not at import: a run can cross the
+    first of a month)."""
+    return partitions.month_start(dt.datetime.now(dt.UTC))
 
 
 async def where_stored(url: str) -> dict[tuple[str, str], str]:
@@ -53,12 +57,16 @@ def donetime(when: dt.datetime) -> str:
 async def test_reports_land_in_their_month_and_retries_meet_their_first_copy(
     migrated: str,
 ) -> None:
+    month = this_month()
+    # a few minutes ago, but in this month, which the migration made (on the first of a
+    # month, five minutes ago can be last month)
+    recent = max(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5), month)
     # before the first month the migration made (none of this database's reports is older)
-    early = partitions.add_months(THIS_MONTH, -5) + dt.timedelta(days=3)
+    early = partitions.add_months(month, -5) + dt.timedelta(days=3)
     early_month = partitions.month_name(partitions.month_start(early))
     async with running_app(make_settings(migrated)) as (app, client):
         bodies = [
-            report(msgid="now", donetime=donetime(NOW - dt.timedelta(minutes=5))),
+            report(msgid="now", donetime=donetime(recent)),
             report(msgid="odd"),  # 2003
             report(msgid="early", donetime=donetime(early)),
         ]
@@ -66,7 +74,7 @@ async def test_reports_land_in_their_month_and_retries_meet_their_first_copy(
             assert (await client.post(CB, data=body)).status_code == 200
         stored = await where_stored(migrated)
         assert stored == {
-            ("now", "DELIVRD"): partitions.month_name(THIS_MONTH),
+            ("now", "DELIVRD"): partitions.month_name(month),
             ("odd", "DELIVRD"): "reports_default",
             ("early", "DELIVRD"): "reports_default",
         }
@@ -92,7 +100,7 @@ async def test_the_service_creates_the_months_ahead_at_start(migrated: str) -> N
     engine = create_engine(migrated, pool_size=1)
     try:
         # as if the months ahead had not been made (the migration ran long ago)
-        ahead = partitions.add_months(THIS_MONTH, partitions.MONTHS_AHEAD)
+        ahead = partitions.add_months(this_month(), partitions.MONTHS_AHEAD)
         async with engine.begin() as conn:
             await conn.execute(text(f"DROP TABLE {partitions.month_name(ahead)}"))
         async with running_app(make_settings(migrated)):
@@ -112,9 +120,9 @@ async def seed_months(url: str, months: int, per_month: int) -> dict[str, Any]:
     """Month partitions for the `months` months before this one, deliveries done in each
     (two reports each), all last heard of 100 days ago; and one oddly dated delivery."""
     engine = create_engine(url, pool_size=2)
-    first = partitions.add_months(THIS_MONTH, -months)
+    first = partitions.add_months(this_month(), -months)
     await partitions.ensure_partitions(engine, now=first, months_ahead=months - 1)
-    long_ago = NOW - dt.timedelta(days=100)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=100)
     msgids: dict[str, list[str]] = {}
     async with running_app(make_settings(url)) as (_, client):
         for n in range(months + 1):
@@ -123,7 +131,9 @@ async def seed_months(url: str, months: int, per_month: int) -> dict[str, Any]:
             msgids[name] = []
             for i in range(per_month):
                 msgid = f"{name}-{i}"
-                done = month + dt.timedelta(days=1, minutes=i)
+                # minutes into the month: on the first of a month, a day in would be more
+                # than the 24 hours ahead of receipt a donetime may be
+                done = month + dt.timedelta(minutes=i)
                 for word in ("ENROUTE", "DELIVRD"):
                     body = report(msgid=msgid, statusstr=word, donetime=donetime(done))
                     assert (await client.post(CB, data=body)).status_code == 200
