@@ -56,7 +56,7 @@ async def open_storage(
         pool_size=pool_size or settings.db_pool_size,
         prepared_statements=settings.db_prepared_statements,
     )
-    outbox = EventOutbox(metrics, engine if engine.dialect.name == "postgresql" else None)
+    outbox = EventOutbox(metrics)
     try:
         writer = Writer(
             engine,
@@ -76,7 +76,6 @@ async def open_storage(
             )
         finally:
             await writer.stop()
-            await outbox.close()
     finally:
         await engine.dispose()
 

@@ -4,28 +4,24 @@ quarantine).
 
 Destinations are read for each batch, in one statement: the enabled subscriptions (a small
 table) and the status_callback of the sends named by the batch's reports. No cache another
-replica could have made stale decides who hears of a change: the read starts after the
-batch has started, so whatever was committed before the batch began (a subscription whose
-POST was answered, a send whose status_callback was recorded) is always matched. On SQLite
-the read runs in the batch's transaction. On PostgreSQL it runs on a connection of its own,
-started as the batch begins, so it overlaps the batch's own statements instead of adding a
-round trip to every batch (one cost 7% of the ingest rate even without any subscription).
+replica could have made stale decides who hears of a change: the read runs in the batch's
+transaction, so whatever was committed before the batch began (a subscription whose POST
+was answered, a send whose status_callback was recorded) is always matched. On PostgreSQL it
+is the outbox's companion query (app.ingest.store.CompanionEffect): it runs inside the
+statement that inserts the batch's reports, so it adds no round trip to a batch (a statement
+of its own cost 7% of the ingest rate even without any subscription; one on a connection of
+its own, beside the batch, 4-6% of the CPU of the server and of PostgreSQL per report).
 A batch's events are one INSERT, which also NOTIFYs the dispatchers on PostgreSQL (they
 hear it when the batch commits)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.metrics import Metrics
 from app.core.times import utc_z
@@ -37,21 +33,24 @@ from app.events.payloads import (
     rejected_body,
 )
 from app.events.urls import origin_of
-from app.ingest.fold import Arrival, DeliveryChange
-from app.ingest.store import AfterCommit
+from app.ingest.fold import DeliveryChange
+from app.ingest.store import AfterCommit, Companion
 
 NOTIFY_CHANNEL = "mboxii_dlr_events"
 
 # The destinations of a batch: enabled subscriptions, then the status callbacks of the sends
 # named by the batch's deliveries (kind 'c', batch_id and type in the filter columns' place).
+# ({batch_ids} is left for the store to fill in, in the companion query.)
 _TARGETS = """
-SELECT 's', id, url, event_types, filter, NULL, NULL FROM subscriptions WHERE enabled
+SELECT 's' AS kind, id, url, event_types, filter, NULL AS batch_id, NULL AS send_type
+FROM subscriptions WHERE enabled
 UNION ALL
 SELECT 'c', NULL, status_callback, NULL, NULL, batch_id, type FROM sends
-WHERE status_callback IS NOT NULL AND batch_id {batch_ids}
+WHERE status_callback IS NOT NULL AND batch_id {where}
 """
-TARGETS_POSTGRES = _TARGETS.format(batch_ids="= ANY($1::text[])")
-TARGETS_SQLITE = _TARGETS.format(batch_ids="IN (SELECT value FROM json_each(?))")
+TARGETS_COMPANION = _TARGETS.format(where="= ANY({batch_ids})")
+TARGETS_POSTGRES = _TARGETS.format(where="= ANY($1::text[])")
+TARGETS_SQLITE = _TARGETS.format(where="IN (SELECT value FROM json_each(?))")
 SUBSCRIPTIONS_SQL = (
     "SELECT 's', id, url, event_types, filter, NULL, NULL FROM subscriptions WHERE enabled"
 )
@@ -162,61 +161,16 @@ def plan_rows(
     return [ids, payloads, subs, urls, origins]
 
 
-# The destinations read for the batch the current task is storing (see prepare_postgres).
-_PREPARED: ContextVar[tuple[asyncio.Task[list[Any]], set[str]] | None] = ContextVar(
-    "prepared_targets", default=None
-)
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """A read whose batch failed first is never awaited: take its exception all the same."""
-    if not task.cancelled():
-        task.exception()
-
-
 class EventOutbox:
-    """Records events in the transaction of their change (a BatchEffect and PreparedEffect;
-    see app.ingest.store). Once a batch with events has committed, `wake` is called (on
-    SQLite; PostgreSQL's dispatchers hear the NOTIFY). `engine` (PostgreSQL) is where the
-    destinations are read beside each batch."""
+    """Records events in the transaction of their change (a BatchEffect and, for its
+    destinations, a CompanionEffect; see app.ingest.store). Once a batch with events has
+    committed, `wake` is called (on SQLite; PostgreSQL's dispatchers hear the NOTIFY)."""
 
-    def __init__(self, metrics: Metrics | None = None, engine: AsyncEngine | None = None) -> None:
+    companion = TARGETS_COMPANION
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
-        self.engine = engine
         self.wake: Callable[[], None] | None = None
-        self._side: Any = None  # the asyncpg connection of those reads
-        self._side_lock = asyncio.Lock()
-
-    def prepare_postgres(self, batch: Sequence[Arrival]) -> None:
-        """Start reading the batch's destinations, beside the batch's own statements."""
-        if self.engine is None:
-            return
-        batch_ids = {a.report.batch_id for a in batch}
-        task = asyncio.get_running_loop().create_task(self._read_targets(list(batch_ids)))
-        task.add_done_callback(_retrieve)
-        _PREPARED.set((task, batch_ids))
-
-    async def _read_targets(self, batch_ids: list[str]) -> list[Any]:
-        from app.events.queue import connect_postgres
-
-        assert self.engine is not None
-        async with self._side_lock:
-            try:
-                if self._side is None or self._side.is_closed():
-                    self._side = await connect_postgres(self.engine, "targets")
-                return list(await self._side.fetch(TARGETS_POSTGRES, batch_ids))
-            except BaseException:
-                side, self._side = self._side, None
-                if side is not None:
-                    with contextlib.suppress(Exception):
-                        side.terminate()
-                raise
-
-    async def close(self) -> None:
-        if self._side is not None:
-            side, self._side = self._side, None
-            with contextlib.suppress(Exception):
-                await side.close(timeout=2)
 
     def _created(self, event_type: str, rows: int) -> AfterCommit:
         """What to do once the rows are committed: count them, wake the dispatcher."""
@@ -230,16 +184,18 @@ class EventOutbox:
         return committed
 
     async def apply_postgres(
-        self, connection: Any, changes: Sequence[DeliveryChange]
+        self,
+        connection: Any,
+        changes: Sequence[DeliveryChange],
+        companion: Companion | None = None,
     ) -> AfterCommit | None:
-        prepared = _PREPARED.get()
-        _PREPARED.set(None)
         batch_ids = {c.state.batch_id for c in changes}
-        if prepared is not None and batch_ids <= prepared[1]:
-            rows = await prepared[0]
+        rows: Iterable[Sequence[Any]]
+        if companion is not None and batch_ids <= companion.batch_ids:
+            rows = companion.rows
         else:
-            # Not prepared, or a delivery keeps an ID none of the batch's reports carry (a
-            # report of another batch ID): read in the transaction.
+            # A delivery keeps an ID none of the batch's reports carry (a report of another
+            # batch ID): read again, for the deliveries' IDs.
             rows = await connection.fetch(TARGETS_POSTGRES, list(batch_ids))
         targets = destinations(rows)
         if not targets:

@@ -14,7 +14,7 @@ from typing import Any
 from app.core.metrics import Metrics
 from app.db.numbers import announce_automatic, automatic_reason
 from app.ingest.fold import DeliveryChange
-from app.ingest.store import AfterCommit
+from app.ingest.store import AfterCommit, Companion
 
 # PostgreSQL keeps the summaries itself: triggers on deliveries (migration 0008) move them in
 # the very statement that writes the deliveries, so a batch pays no statement of its own for
@@ -145,7 +145,10 @@ class NumberSummaries:
         self.reason = automatic_reason(suppress_after) if suppress_after else None
 
     async def apply_postgres(
-        self, connection: Any, changes: Sequence[DeliveryChange]
+        self,
+        connection: Any,
+        changes: Sequence[DeliveryChange],
+        companion: Companion | None = None,
     ) -> AfterCommit | None:
         failing = sorted({c.state.mobile for c in changes if c.state.outcome == "failed"})
         if self.suppress_after is None or not failing:

@@ -1,10 +1,12 @@
 """Batches into PostgreSQL with asyncpg itself: two prepared statements over one array per
-column, on connections kept between batches, successive batches pipelined in call order."""
+column (the first also running the effects' companion queries), on connections kept between
+batches, successive batches pipelined in call order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +26,12 @@ from app.ingest.fold import (
     StoreResult,
 )
 from app.ingest.statements import REPORT_IDENTITY, delivery_upsert, returned_columns
-from app.ingest.store import BatchEffect, PreparedEffect, run_after_commit
+from app.ingest.store import (
+    BatchEffect,
+    Companion,
+    CompanionEffect,
+    run_after_commit,
+)
 
 log = logging.getLogger("mboxii_dlr.ingest")
 
@@ -62,6 +69,10 @@ class _Statement:
         columns = list(zip(*rows, strict=True))
         return [list(columns[i]) for i in self._sources]
 
+    @property
+    def parameters(self) -> int:
+        return len(self._sources)
+
 
 INSERT_REPORTS = _Statement(
     _unnest_insert(REPORTS, REPORT_COLUMNS)
@@ -75,28 +86,76 @@ UPSERT_DELIVERIES = _Statement(
 )
 
 
+class ReportsInsert:
+    """The statement that inserts a batch's reports, and with them runs the companion
+    queries of the effects that have one (CompanionEffect): its rows are the inserted
+    reports' (report_key, id), then one (NULL, i, JSON array of its rows) per companion."""
+
+    def __init__(self, effects: Sequence[BatchEffect] = ()) -> None:
+        self.effects = tuple(effects)
+        companions = [
+            (i, e.companion) for i, e in enumerate(self.effects) if isinstance(e, CompanionEffect)
+        ]
+        self._companions = [i for i, _ in companions]
+        if not companions:
+            self.sql = INSERT_REPORTS.sql
+            return
+        batch_ids = f"${INSERT_REPORTS.parameters + 1}::text[]"
+        # json (not jsonb) keeps each row's columns in the query's order
+        reads = "".join(
+            f"\nUNION ALL SELECT NULL, {i}, (SELECT coalesce(json_agg(c), '[]')::text FROM "  # noqa: S608 - SQL from constants only
+            f"({sql.format(batch_ids=batch_ids)}) AS c)"
+            for i, sql in companions
+        )
+        self.sql = (
+            f"WITH inserted AS ({INSERT_REPORTS.sql})\n"
+            f"SELECT report_key, id, NULL::text FROM inserted{reads}"
+        )
+
+    async def run(
+        self, connection: Any, plan: BatchPlan
+    ) -> tuple[dict[int, int], dict[int, Companion]]:
+        """The reports inserted (report key -> id), and each companion's read by the index
+        of its effect."""
+        arguments = INSERT_REPORTS.arguments(plan.report_rows())
+        if not self._companions:
+            return dict(await connection.fetch(self.sql, *arguments)), {}
+        batch_ids = sorted({a.report.batch_id for a in plan.arrivals})
+        inserted: dict[int, int] = {}
+        read: dict[int, Companion] = {}
+        for key, id_or_index, rows in await connection.fetch(self.sql, *arguments, batch_ids):
+            if key is not None:
+                inserted[key] = id_or_index
+            else:
+                decoded = [list(row.values()) for row in json.loads(rows)]
+                read[id_or_index] = Companion(frozenset(batch_ids), decoded)
+        return inserted, read
+
+
 async def store_batch(
     connection: Any,
     batch: Sequence[Arrival],
-    effects: Sequence[BatchEffect] = (),
+    insert: ReportsInsert,
     folded: asyncio.Event | None = None,
 ) -> StoreResult:
-    """Insert the reports, fold them into deliveries and run the effects, on an asyncpg
-    connection inside a transaction the caller owns. `folded` is set once the deliveries
-    are written, before the effects run."""
+    """Insert the reports, fold them into deliveries and run the effects (insert.effects),
+    on an asyncpg connection inside a transaction the caller owns. `folded` is set once the
+    deliveries are written, before the effects run."""
     plan = BatchPlan(batch)
-    rows = plan.report_rows()
-    inserted = await connection.fetch(INSERT_REPORTS.sql, *INSERT_REPORTS.arguments(rows))
-    rows = plan.delivery_rows(dict(inserted))
+    inserted, read = await insert.run(connection, plan)
+    rows = plan.delivery_rows(inserted)
     returned = []
     if rows:
         returned = await connection.fetch(UPSERT_DELIVERIES.sql, *UPSERT_DELIVERIES.arguments(rows))
     if folded is not None:
         folded.set()
     result = plan.result(returned)
-    if effects and result.changes:
-        for effect in effects:
-            hook = await effect.apply_postgres(connection, result.changes)
+    if result.changes:
+        for i, effect in enumerate(insert.effects):
+            if i in read:
+                hook = await effect.apply_postgres(connection, result.changes, read[i])
+            else:
+                hook = await effect.apply_postgres(connection, result.changes)
             if hook is not None:
                 result.after_commit.append(hook)
     return result
@@ -117,7 +176,7 @@ class PostgresStore:
 
     def __init__(self, engine: AsyncEngine, effects: Sequence[BatchEffect] = ()) -> None:
         self.engine = engine
-        self.effects = tuple(effects)
+        self._insert = ReportsInsert(effects)
         self._idle: list[tuple[AsyncConnection, Any]] = []
         # Set once the latest call has written its deliveries (or gave up).
         self._previous_ran: asyncio.Event | None = None
@@ -151,9 +210,6 @@ class PostgresStore:
     async def _attempt(
         self, batch: Sequence[Arrival], after: asyncio.Event | None, ran: asyncio.Event, kept: bool
     ) -> StoreResult:
-        for effect in self.effects:
-            if isinstance(effect, PreparedEffect):
-                effect.prepare_postgres(batch)
         if kept:
             connection, raw = self._idle.pop()
         else:
@@ -163,7 +219,7 @@ class PostgresStore:
             if after is not None:
                 await after.wait()
             async with raw.transaction():
-                result = await store_batch(raw, batch, self.effects, ran)
+                result = await store_batch(raw, batch, self._insert, ran)
         except BaseException:
             # Whatever state it is in, it is not reused: the pool replaces it.
             with contextlib.suppress(Exception):

@@ -6,11 +6,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from app.ingest.fold import Arrival, DeliveryChange, StoreResult
 
 log = logging.getLogger("mboxii_dlr.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class Companion:
+    """What a CompanionEffect's query read for a batch: its rows (column-value lists, in the
+    query's column order), for the batch IDs of the batch's reports."""
+
+    batch_ids: frozenset[str]
+    rows: list[list[Any]]
+
 
 # Called once a batch's transaction has committed; it must not raise (it is logged if it does).
 AfterCommit = Callable[[], None]
@@ -30,9 +41,13 @@ class BatchEffect(Protocol):
     for a batch rolled back."""
 
     async def apply_postgres(
-        self, connection: Any, changes: Sequence[DeliveryChange]
+        self,
+        connection: Any,
+        changes: Sequence[DeliveryChange],
+        companion: Companion | None = None,
     ) -> AfterCommit | None:
-        """On PostgreSQL: `connection` is the batch's asyncpg connection."""
+        """On PostgreSQL: `connection` is the batch's asyncpg connection; `companion` the
+        rows of the effect's companion query (a CompanionEffect), else None."""
 
     def apply_sqlite(
         self, connection: sqlite3.Connection, changes: Sequence[DeliveryChange]
@@ -41,13 +56,14 @@ class BatchEffect(Protocol):
 
 
 @runtime_checkable
-class PreparedEffect(Protocol):
-    """A BatchEffect with work to start before the batch's transaction on PostgreSQL: the
-    store calls prepare_postgres(batch) as it begins storing the batch, in the task that
-    then calls apply_postgres for it (so a ContextVar carries what it started), and what
-    runs meanwhile on other connections costs the batch no round trip of its own."""
+class CompanionEffect(Protocol):
+    """A BatchEffect that reads rows for each batch on PostgreSQL: its `companion` query (a
+    SELECT whose one parameter, written {batch_ids}, is the batch IDs of the batch's reports
+    as a text[]) runs inside the statement that inserts the batch's reports, so in the
+    batch's transaction and at no round trip of its own. apply_postgres then gets what it
+    read as `companion`."""
 
-    def prepare_postgres(self, batch: Sequence[Arrival]) -> None: ...
+    companion: str
 
 
 class BatchStore(Protocol):
