@@ -530,3 +530,28 @@ async def test_a_read_key_lists_subscriptions_but_may_not_manage_them(
         assert (
             await client.get("/v1/subscriptions", headers={"x-api-key": "no"})
         ).status_code == 401
+
+
+async def test_with_no_send_keys_every_key_manages_subscriptions(app_factory: Any) -> None:
+    """DLR_API_KEYS alone: there is no other key to manage subscriptions with, so any of
+    them does (sending still needs a send key)."""
+    key = {"authorization": "Bearer only-key-0123456789abcdef"}
+    async with app_factory(webhook_allow_private=True, api_keys=["only-key-0123456789abcdef"]) as (
+        _,
+        client,
+    ):
+        created = await client.post(
+            "/v1/subscriptions", json={"url": "http://127.0.0.1:9/hook"}, headers=key
+        )
+        assert created.status_code == 201
+        path = f"/v1/subscriptions/{created.json()['id']}"
+        assert (await client.get(path + "/secret", headers=key)).status_code == 200
+        assert (await client.post(path + "/secret/rotate", headers=key)).status_code == 200
+        r = await client.patch(path, json={"enabled": False}, headers=key)
+        assert r.json()["enabled"] is False
+        assert (await client.delete(path, headers=key)).status_code == 204
+        assert (await client.post("/v1/subscriptions", json={})).status_code == 401
+        r = await client.post(
+            "/v1/messages", json={"numbers": ["0912345678"], "text": "hi"}, headers=key
+        )
+        assert (r.status_code, r.json()["error"]) == (403, "forbidden")

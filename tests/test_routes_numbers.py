@@ -335,6 +335,17 @@ async def test_suppression_writes_need_a_send_key(app_factory: Any) -> None:
         assert (await client.get("/v1/numbers")).status_code == 401
 
 
+async def test_with_no_send_keys_every_key_suppresses_and_lifts(app_factory: Any) -> None:
+    key = {"x-api-key": "only-key-0123456789abcdef"}
+    async with app_factory(api_keys=["only-key-0123456789abcdef"]) as (_, client):
+        r = await client.put("/v1/suppressions/0911000001", json={"reason": "asked"}, headers=key)
+        assert r.status_code == 200 and r.json()["suppressed"]["source"] == "manual"
+        r = await client.delete("/v1/suppressions/0911000001", headers=key)
+        assert r.status_code == 200 and r.json()["suppressed"] is None
+        r = await client.put("/v1/suppressions/0911000001", json={"reason": "asked"})
+        assert r.status_code == 401
+
+
 async def test_a_threshold_set_later_suppresses_the_streaks_already_reached(
     app_factory: Any,
 ) -> None:

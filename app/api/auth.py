@@ -18,13 +18,19 @@ from app.state import AppState, get_state
 from app.web.answers import refuse
 from app.web.security import caller_address, client_key, key_id, matches_secret
 
-Access = Literal["read", "send"]
+# read: every key. manage (event subscriptions and their secrets, suppressions): every key
+# while DLR_SEND_API_KEYS is empty (there is no other key to do it), else only its keys.
+# send (send and cancel messages): only a key of DLR_SEND_API_KEYS.
+Access = Literal["read", "manage", "send"]
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mboxii-dlr"'}
 UNAUTHORIZED = "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>"
-FORBIDDEN = (
-    "this key may read but not send, cancel, nor manage event subscriptions: use a key of "
-    "DLR_SEND_API_KEYS"
-)
+FORBIDDEN = {
+    "send": "this key may read but not send nor cancel: use a key of DLR_SEND_API_KEYS",
+    "manage": (
+        "this key may read but not manage event subscriptions nor suppressions: with "
+        "DLR_SEND_API_KEYS set, only its keys may"
+    ),
+}
 # Only documentation: the checks themselves run in ApiKeyMiddleware, before the body is read.
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer")
@@ -42,16 +48,18 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
 
 
 def needed_scope(method: str, path: str, settings: Settings) -> Access | None:
-    """What a request needs: `send` to send or cancel, `read` for the rest of /v1 (and
-    /metrics unless it is public), None for paths open to anyone."""
-    if path == "/v1/messages" or path.startswith(("/v1/messages/", "/v1/suppressions/")):
-        # Suppressing or lifting decides where messages go: as much a send as sending.
-        return "read" if method in ("GET", "HEAD", "OPTIONS") else "send"
-    # A subscription receives every delivery with its number: making, changing or
-    # reading the secret of one is as much as sending.
-    if path == "/v1/subscriptions" or path.startswith("/v1/subscriptions/"):
-        reading = method in ("GET", "HEAD", "OPTIONS") and not path.endswith("/secret")
+    """What a request needs: `send` to send or cancel, `manage` to change subscriptions
+    or suppressions, `read` for the rest of /v1 (and /metrics unless it is public), None
+    for paths open to anyone."""
+    reading = method in ("GET", "HEAD", "OPTIONS")
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return "read" if reading else "send"
+    # Suppressing or lifting decides where messages go; a subscription receives every
+    # delivery with its number: making, changing or reading the secret of one.
+    if path.startswith("/v1/suppressions/"):
+        return "read" if reading else "manage"
+    if path == "/v1/subscriptions" or path.startswith("/v1/subscriptions/"):
+        return "read" if reading and not path.endswith("/secret") else "manage"
     if path == "/v1" or path.startswith("/v1/"):
         return "read"
     if path == "/metrics" and not settings.metrics_open:
@@ -61,14 +69,22 @@ def needed_scope(method: str, path: str, settings: Settings) -> Access | None:
 
 def check_key(settings: Settings, key: str | None, needed: Access) -> str | None:
     """The key's public name when it may do what `needed` says (None: no keys configured).
-    Raise Unauthorized for a missing or unknown key, Forbidden for a read key that sends."""
+    Raise Unauthorized for a missing or unknown key, Forbidden for a read key that sends
+    (or manages, when send keys are configured)."""
     if not settings.read_keys:
         return None
     if not key or not matches_secret(key, settings.read_keys):
         raise Unauthorized(UNAUTHORIZED, headers=CHALLENGE)
-    if needed == "send" and not matches_secret(key, settings.send_api_keys):
-        raise Forbidden(FORBIDDEN)
+    if needed != "read" and not may(settings, key, needed):
+        raise Forbidden(FORBIDDEN[needed])
     return key_id(key)
+
+
+def may(settings: Settings, key: str, needed: Access) -> bool:
+    """Whether a known key may do what `needed` says (see Access)."""
+    if needed == "read" or (needed == "manage" and not settings.send_api_keys):
+        return True
+    return matches_secret(key, settings.send_api_keys)
 
 
 async def authorize(
@@ -168,3 +184,9 @@ def require_api_key(request: Request, _key: ApiKeyDoc, _bearer: BearerDoc) -> No
 def require_send_key(request: Request, _key: ApiKeyDoc, _bearer: BearerDoc) -> None:
     """As require_api_key, for the routes that send or cancel."""
     check_key(get_state(request).settings, presented_key(dict(request.scope["headers"])), "send")
+
+
+def require_manage_key(request: Request, _key: ApiKeyDoc, _bearer: BearerDoc) -> None:
+    """As require_api_key, for the routes that suppress or lift."""
+    headers = dict(request.scope["headers"])
+    check_key(get_state(request).settings, presented_key(headers), "manage")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from app.api.auth import require_send_key
+from app.api.auth import require_manage_key
 from app.api.errors import error_responses
 from app.api.params import (
     MOBILE_SCHEMA,
@@ -186,7 +186,7 @@ async def list_suppressions(
     "/suppressions/{mobile}",
     response_model=NumberRead,
     summary="Suppress a number",
-    dependencies=[Depends(require_send_key)],
+    dependencies=[Depends(require_manage_key)],
     responses=error_responses(400, 401, 403, 422, 503),
 )
 async def suppress_number(
@@ -194,8 +194,8 @@ async def suppress_number(
 ) -> dict[str, Any]:
     """Stop sending to a number: POST /v1/messages leaves it out (unless
     `include_suppressed`). A number suppressed automatically becomes a manual suppression;
-    one already suppressed by hand keeps its `since` and takes the new reason. Needs a key
-    that may send (DLR_SEND_API_KEYS)."""
+    one already suppressed by hand keeps its `since` and takes the new reason. With
+    DLR_SEND_API_KEYS set, needs one of its keys."""
     e164 = parse_mobile(mobile)
     assert e164 is not None
     now = dt.datetime.now(dt.UTC)
@@ -207,15 +207,15 @@ async def suppress_number(
     "/suppressions/{mobile}",
     response_model=NumberRead,
     summary="Lift a suppression",
-    dependencies=[Depends(require_send_key)],
+    dependencies=[Depends(require_manage_key)],
     responses=error_responses(401, 403, 404, 422, 503),
 )
 async def lift_suppression(
     state: StateDep, session: SessionDep, mobile: MobilePath
 ) -> dict[str, Any]:
     """Send to a number again (its suppression manual or automatic): its `failure_streak`
-    starts again from 0. 404 if it is not suppressed. Needs a key that may send
-    (DLR_SEND_API_KEYS)."""
+    starts again from 0. 404 if it is not suppressed. With DLR_SEND_API_KEYS set, needs
+    one of its keys."""
     e164 = parse_mobile(mobile)
     assert e164 is not None
     now = dt.datetime.now(dt.UTC)

@@ -67,10 +67,11 @@ async def find_number(
     raise PageError(404, "No such number", "No delivery to this number and no suppression of it.")
 
 
-def may_send(settings: Settings, viewer: Session) -> bool:
-    """Whether the viewer's key may decide where messages go (suppress or lift), as POST and
-    DELETE /v1/suppressions require: a send key, or no keys at all."""
-    if not settings.read_keys:
+def may_manage(settings: Settings, viewer: Session) -> bool:
+    """Whether the viewer's key may decide where messages go (suppress or lift), as PUT and
+    DELETE /v1/suppressions require: any key while DLR_SEND_API_KEYS is empty, else one of
+    its keys."""
+    if not settings.read_keys or not settings.send_api_keys:
         return True
     return viewer.key_id in {key_id(k.get_secret_value()) for k in settings.send_api_keys}
 
@@ -81,12 +82,12 @@ async def _number_to_change(
     """The form that suppresses or lifts, and the number it names, once the form's token
     and the viewer's right to send are checked."""
     form = await checked_form(request, viewer)
-    if not may_send(settings, viewer):
+    if not may_manage(settings, viewer):
         raise PageError(
             403,
             "Not with this key",
-            "Suppressing a number or lifting its suppression needs a key that may send "
-            "(DLR_SEND_API_KEYS). Log in with one.",
+            "Suppressing a number or lifting its suppression needs a key of "
+            "DLR_SEND_API_KEYS. Log in with one.",
         )
     number = await find_number(session, settings, masked, _text(form.get("ref")))
     return form, number
@@ -115,7 +116,7 @@ async def show_number(
         "ref": delivery_ref(settings, number.mobile),
         "notice": NOTICES.get(done or ""),
         "reason_max": REASON_MAX_LENGTH,
-        "may_send": may_send(settings, viewer),
+        "may_manage": may_manage(settings, viewer),
     }
     return page(request, "number.html", context, viewer)
 
