@@ -227,7 +227,8 @@ async def test_the_schedule_ends_in_failed_and_retry_starts_over(
         assert r.json()["attempts"] == 0
         (item,) = await settled(client, 1)
         assert item["attempts"] == 1
-        assert (await client.post("/v1/events/999999/retry")).status_code == 404
+        for unknown in (999999, 0, -1):
+            assert (await client.post(f"/v1/events/{unknown}/retry")).status_code == 404
     assert len({r["headers"]["webhook-id"] for r in receiver.log()}) == 1
 
 
@@ -245,9 +246,31 @@ async def test_410_gone_disables_the_subscription(
         await callback(client, msgid="later")
         await asyncio.sleep(0.3)
         assert len(await events_of(client)) == 1  # a disabled subscription gets no new events
+        # nothing would be sent: a retry says so instead of answering 202 for nothing
+        r = await client.post(f"/v1/events/{item['id']}/retry")
+        assert (r.status_code, r.json()["error"]) == (409, "subscription_disabled")
+        assert "PATCH" in r.json()["message"]
         r = await client.patch(f"/v1/subscriptions/{sub['id']}", json={"enabled": True})
         assert r.json()["enabled"] is True and r.json()["disabled_reason"] is None
-    assert len(receiver.log()) == 1
+        receiver.answer(204)
+        assert (await client.post(f"/v1/events/{item['id']}/retry")).status_code == 202
+        await settled(client, 1)
+    assert len(receiver.log()) == 2
+
+
+async def test_a_slow_answer_does_not_hold_back_the_next_event_to_its_receiver(
+    app_factory: Any, receiver: ReceiverProcess
+) -> None:
+    receiver.answer(204, delay=3)
+    async with app_factory(**FAST) as (_, client):
+        await subscribe(client, receiver.url)
+        await callback(client, msgid="slow")
+        await received(receiver, 1)  # being answered, slowly
+        await callback(client, msgid="next")
+        await received(receiver, 2)
+        await settled(client, 2)
+    first, second = (r["at"] for r in receiver.log())
+    assert second - first < 2.5  # sent beside the first, not after its answer
 
 
 async def test_a_redirect_is_a_failure_and_is_not_followed(
@@ -294,13 +317,22 @@ async def test_private_addresses_are_refused_without_the_setting(app_factory: An
             "http://[::ffff:192.168.0.1]/x",
             "http://0.0.0.0/x",
             "http://224.0.0.1/x",
+            # IPv6 addresses that carry a loopback or private IPv4 one
+            "http://[64:ff9b::7f00:1]/x",  # NAT64
+            "http://[2002:7f00:1::]/x",  # 6to4
+            "http://[::127.0.0.1]/x",  # IPv4-compatible
         ):
             r = await client.post("/v1/subscriptions", json={"url": url})
             assert r.status_code == 422, url
             assert r.json()["errors"][0]["field"] == "url"
-        for url in ("ftp://example.com/x", "http://user:pw@example.com/", "not a url", "http://"):
+        for url in (
+            *("ftp://example.com/x", "http://user:pw@example.com/", "not a url", "http://"),
+            *("http://8.8.8.8:99999/x", "http://8.8.8.8:65536/", "http://8.8.8.8:0/"),
+            *("http://ex_ample..com/x", f"http://{'a' * 64}.example.com/"),
+        ):
             r = await client.post("/v1/subscriptions", json={"url": url})
             assert r.status_code == 422, url
+            assert r.json()["errors"][0]["field"] == "url", url
         r = await client.post(
             "/v1/subscriptions", json={"url": "https://203.0.113.9/", "events": ["nope"]}
         )
@@ -350,17 +382,17 @@ async def test_subscriptions_api(app_factory: Any, receiver: ReceiverProcess) ->
             f"/v1/subscriptions/{sub_id}", json={"url": "http://127.0.0.1:1/other"}
         )
         assert r.json()["url"] == "http://127.0.0.1:1/other"
-        missing = "sub_" + "0" * 24
-        for method, path in (
-            ("GET", f"/v1/subscriptions/{missing}"),
-            ("GET", f"/v1/subscriptions/{missing}/secret"),
-            ("POST", f"/v1/subscriptions/{missing}/secret/rotate"),
-            ("PATCH", f"/v1/subscriptions/{missing}"),
-            ("DELETE", f"/v1/subscriptions/{missing}"),
-        ):
-            r = await client.request(method, path, json={} if method == "PATCH" else None)
-            assert r.status_code == 404, (method, path)
-        assert (await client.get("/v1/subscriptions/sub_x")).status_code == 422
+        # unknown, whether or not it has the form of an id
+        for missing in ("sub_" + "0" * 24, "sub_x", "nope"):
+            for method, path in (
+                ("GET", f"/v1/subscriptions/{missing}"),
+                ("GET", f"/v1/subscriptions/{missing}/secret"),
+                ("POST", f"/v1/subscriptions/{missing}/secret/rotate"),
+                ("PATCH", f"/v1/subscriptions/{missing}"),
+                ("DELETE", f"/v1/subscriptions/{missing}"),
+            ):
+                r = await client.request(method, path, json={} if method == "PATCH" else None)
+                assert (r.status_code, r.json()["error"]) == (404, "not_found"), (method, path)
         for n in range(3):
             await subscribe(client, receiver.url, description=str(n))
         page = (await client.get("/v1/subscriptions", params={"limit": 2})).json()

@@ -290,6 +290,15 @@ async def test_sends_leave_suppressed_numbers_out(database_url: str) -> None:
         assert refused.json()["suppressed"] == ["+886912000001", "+886912000003"]
         assert len(gateway.requests) == before
 
+        # a word for true is no true: nothing is sent on a guess
+        for loose in ("yes", "true", 1):
+            r = await client.post(
+                "/v1/messages",
+                json={"numbers": numbers, "text": "hi", "include_suppressed": loose},
+            )
+            assert r.status_code == 422, loose
+        assert len(gateway.requests) == before
+
         # include_suppressed sends to them anyway
         forced = await client.post(
             "/v1/messages",

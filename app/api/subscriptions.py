@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from app.api.errors import error_responses
 from app.api.params import CursorQuery, LimitQuery, check_cursor, checked_url, invalid
+from app.api.schemas.common import ErrorRead
 from app.api.schemas.events import (
     EventPage,
     EventRead,
@@ -39,9 +40,9 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 SubscriptionPath = Annotated[
     str,
+    # Any text: one that is not an id (or no longer one) is unknown, a 404.
     Path(
-        pattern=r"^sub_[0-9a-f]{24}$",
-        max_length=28,
+        max_length=100,
         description="The subscription's id",
         examples=["sub_5f0c2a9e4b7d1c3a8e6f9b2d"],
     ),
@@ -254,17 +255,23 @@ async def list_events(
     response_model=EventRead,
     operation_id="retry_event",
     summary="Send an event again",
-    responses=error_responses(401, 404, 422),
+    responses={
+        **error_responses(401, 404, 422),
+        409: {
+            "model": ErrorRead,
+            "description": "The event's subscription is disabled or deleted "
+            "(`subscription_disabled`): nothing would be sent",
+        },
+    },
 )
 async def retry_event(
     state: StateDep,
     session: SessionDep,
-    id: Annotated[
-        int, Path(ge=1, le=MAX_ROW_ID, description="The event row's id", examples=[4821])
-    ],
+    id: Annotated[int, Path(le=MAX_ROW_ID, description="The event row's id", examples=[4821])],
 ) -> dict[str, Any]:
     """Send this event to this destination again now, whatever its status; its attempts
-    start over."""
+    start over. 404 for an unknown id; 409 when its subscription is disabled (enable it
+    first) or deleted."""
     row = await service.retry_event(session, id)
     # On SQLite the dispatcher's next round takes the write lock, so it sees the row once
     # this request's transaction has committed; PostgreSQL's dispatchers hear the NOTIFY.

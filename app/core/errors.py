@@ -86,6 +86,13 @@ class NotCancellable(ApiError):
     code = "not_cancellable"
 
 
+class SubscriptionDisabled(ApiError):
+    """An event of a disabled or deleted subscription cannot be sent again."""
+
+    status_code = 409
+    code = "subscription_disabled"
+
+
 class GatewayFailed(ApiError):
     """The gateway answered one of its error codes (`code`, `meaning`, `interface`)."""
 

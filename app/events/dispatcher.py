@@ -270,7 +270,9 @@ class Dispatcher:
             receiver.queue.append(row)
             receiver.held += 1
             self._held += 1
-            if receiver.workers < self.concurrency and receiver.workers < len(receiver.queue):
+            # Every worker is busy with a row (one pops the next as soon as it is done): a
+            # queued row waits only when the receiver has its concurrency of them.
+            if receiver.workers < self.concurrency:
                 receiver.workers += 1
                 task = asyncio.create_task(self._work(row.origin, receiver))
                 self._workers.add(task)

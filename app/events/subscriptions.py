@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import NotFound
+from app.core.errors import NotFound, SubscriptionDisabled
 from app.db.models import Event, Subscription
 from app.events.outbox import NOTIFY_CHANNEL
 from app.events.urls import origin_of
@@ -155,10 +155,20 @@ async def list_events(
 
 
 async def retry_event(session: AsyncSession, event_row_id: int) -> Event:
-    """Make a row due now with its attempts starting over, whatever its status."""
+    """Make a row due now with its attempts starting over, whatever its status; refused
+    for a subscription that is disabled or deleted (nothing would be sent)."""
     row = await session.get(Event, event_row_id)
     if row is None:
         raise NotFound(f"no event #{event_row_id}")
+    if row.subscription_id is not None:
+        subscription = await session.get(Subscription, row.subscription_id)
+        if subscription is None or not subscription.enabled:
+            state = "deleted" if subscription is None else "disabled"
+            raise SubscriptionDisabled(
+                f"event #{event_row_id} belongs to subscription {row.subscription_id}, which "
+                f"is {state}: nothing would be sent"
+                + ("; enable it (PATCH enabled: true) first" if subscription else "")
+            )
     row.status = "pending"
     row.attempts = 0
     row.next_attempt_at = dt.datetime.now(dt.UTC)

@@ -60,11 +60,32 @@ def normalize_url(text: str) -> str:
         raise BadUrl("must name a host")
     if url.userinfo:
         raise BadUrl("must not carry a user name or password")
+    if url.port is not None and not 0 < url.port <= 65535:
+        raise BadUrl("must have a port from 1 to 65535")
+    host = url.raw_host.decode("ascii", "replace")
+    if not _is_ip(host) and not _valid_hostname(host):
+        raise BadUrl("must name a host whose labels are 1 to 63 characters (253 in all)")
     url = url.copy_with(fragment=None)
     normalized = str(url)
     if len(normalized) > MAX_URL_LENGTH:
         raise BadUrl(f"must be at most {MAX_URL_LENGTH} characters once encoded")
     return normalized
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_hostname(host: str) -> bool:
+    """What a resolver can be asked: dot-separated labels of 1-63 characters (a final dot
+    allowed), 253 in all. (Python's resolver call refuses others with a UnicodeError.)"""
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and all(0 < len(label) <= 63 for label in labels)
 
 
 @lru_cache(maxsize=4096)
@@ -85,12 +106,33 @@ def origin_of(url: str) -> str:
     return target_of(url).origin
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries and reaches (mapped, 6to4, Teredo's client,
+    NAT64, IPv4-compatible), if any."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def forbidden(address: IPAddress) -> bool:
     """Loopback, private, link-local, multicast, unspecified, or otherwise not globally
     routable (reserved, shared, documentation ranges): nothing a webhook should reach.
-    An IPv4 address written as IPv6 (::ffff:10.0.0.1) is judged as the IPv4 one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    An IPv6 address that carries an IPv4 one (::ffff:10.0.0.1, 6to4 2002:0a00:0001::,
+    NAT64 64:ff9b::a00:1, ...) is refused when either is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None and forbidden(inner):
+            return True
     return bool(address.is_multicast or not address.is_global)
 
 
@@ -117,7 +159,8 @@ async def resolve(host: str, port: int, *, allow_private: bool, seconds: float) 
         try:
             async with asyncio.timeout(seconds):
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:
+            # UnicodeError: a name the resolver call cannot even encode (an empty label)
             raise Unresolvable(f"{host} does not resolve ({exc.__class__.__name__})") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not addresses:

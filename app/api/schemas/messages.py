@@ -53,8 +53,10 @@ class MessageCreate(BaseModel):
         "DLR_STATUS_CALLBACK_SECRET (a 422 while that is unset)",
         examples=["https://app.example.com/sms-status"],
     )
+    # strict: "yes" or "1" for it is a 422, not a send to suppressed numbers
     include_suppressed: bool = Field(
         default=False,
+        strict=True,
         description="Send to suppressed numbers too (see /v1/suppressions); by default they "
         "are left out and listed in the answer's `suppressed`",
     )
