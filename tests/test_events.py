@@ -525,6 +525,10 @@ async def test_the_dashboard_shows_waiting_and_failed_events_and_retries_one(
         assert 'data-figure="events-failed">0<' in page.text
         missing = await client.post("/dashboard/events/99/retry", data={"csrf": token})
         assert missing.status_code == 404
+        # a disabled subscription's event: the page says why nothing is sent
+        await client.patch(f"/v1/subscriptions/{item['subscription_id']}", json={"enabled": False})
+        r = await client.post(url, data={"csrf": token})
+        assert r.status_code == 409 and "disabled" in r.text
 
 
 async def test_a_read_key_lists_subscriptions_but_may_not_manage_them(

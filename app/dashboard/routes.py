@@ -12,6 +12,7 @@ from fastapi import Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.errors import SubscriptionDisabled
 from app.core.mobiles import national, normalize_mobile
 from app.core.settings import Settings
 from app.core.statuses import DELIVERED_WORDS, FAILED_WORDS, NON_FINAL_WORDS
@@ -345,7 +346,10 @@ async def retry_outbound_event(
     await checked_form(request, viewer)
     if await session.get(Event, id) is None:
         raise PageError(404, "No such event", f"No outbound event #{id}.")
-    await events_service.retry_event(session, id)
+    try:
+        await events_service.retry_event(session, id)
+    except SubscriptionDisabled as exc:
+        raise PageError(409, "Not sent again", exc.message) from None
     state.dispatcher.wake()
     log.info("dashboard: outbound event #%d sent again", id)
     return redirect(f"/dashboard/events?retried={id}")
