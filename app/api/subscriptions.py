@@ -267,7 +267,11 @@ async def list_events(
 async def retry_event(
     state: StateDep,
     session: SessionDep,
-    id: Annotated[int, Path(le=MAX_ROW_ID, description="The event row's id", examples=[4821])],
+    # Within a row id's range either way (0 and below are unknown: 404).
+    id: Annotated[
+        int,
+        Path(ge=-MAX_ROW_ID, le=MAX_ROW_ID, description="The event row's id", examples=[4821]),
+    ],
 ) -> dict[str, Any]:
     """Send this event to this destination again now, whatever its status; its attempts
     start over. 404 for an unknown id; 409 when its subscription is disabled (enable it
