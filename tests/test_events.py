@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import itertools
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from standardwebhooks import Webhook
 
 from app.db.engine import create_engine
 from app.db.retention import cutoff_for, purge
-from tests.conftest import report
+from tests.conftest import make_settings, report, running_app
 from tests.receivers import ReceiverProcess, receivers
 
 DELIVERY_FIELDS = {
@@ -591,3 +592,25 @@ async def test_with_no_send_keys_every_key_manages_subscriptions(app_factory: An
             "/v1/messages", json={"numbers": ["0912345678"], "text": "hi"}, headers=key
         )
         assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+
+
+@pytest.mark.postgres
+async def test_a_service_clock_ahead_of_the_database_does_not_hold_events_back(
+    migrated: str, receiver: ReceiverProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's dispatchers claim by the database's clock; an event made by a service
+    whose clock runs ahead of it is due at once all the same. (On SQLite one process's clock
+    does both.)"""
+    from app.events import outbox
+
+    class Ahead(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Ahead:
+            return super().now(tz) + dt.timedelta(minutes=10)
+
+    # the outbox's clock only (its `dt` module), not the process's
+    monkeypatch.setattr(outbox, "dt", SimpleNamespace(datetime=Ahead, UTC=dt.UTC))
+    async with running_app(make_settings(migrated, **FAST)) as (_, client):
+        await subscribe(client, receiver.url)
+        await callback(client)
+        await received(receiver, 1)

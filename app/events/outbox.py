@@ -59,10 +59,12 @@ _COLUMNS = (
     "event_id, type, created_at, payload, subscription_id, url, origin, status, attempts, "
     "next_attempt_at"
 )
+# Due at once by the database's clock too, which the dispatchers' claims read: a service
+# clock ahead of the database's would otherwise hold new events back by the difference.
 INSERT_POSTGRES = f"""
 WITH inserted AS (
     INSERT INTO events ({_COLUMNS})
-    SELECT e, $6, $7, p, s, u, o, 'pending', 0, $7
+    SELECT e, $6, $7, p, s, u, o, 'pending', 0, least($7::timestamptz, now())
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS r(e, p, s, u, o)
     RETURNING 1
 )
